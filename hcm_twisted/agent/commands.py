@@ -1,0 +1,65 @@
+# -*- test-case-name: tests.agent.test_commands -*-
+"""AMP commands between the agent's master and its workers.
+
+The master holds the keys; a worker receives only what it needs to listen:
+the listen URL, the endpoint, a short-lived SAS token and the trust anchors.
+Structured arguments travel as JSON text (``JSONArgument``).
+
+Master → worker:
+  ``SetHybridConnections(hcs)``  the whole desired set; the worker reconciles
+      (opens channels for new names, closes removed ones, updates changed ones).
+      Each item: ``{"name", "url" (listen URL), "endpoint" ("host:port" or null),
+      "token", "ca_certificates" (list of PEM file paths), "ping_interval",
+      "connect_timeout"}``.
+  ``UpdateToken(name, token)``   a fresh token; the worker sends ``renewToken``
+      on its live channel and uses it for later reconnects.
+  ``GetStatus() -> status``      ``{"pid", "hcs": {name: {...}}}`` (see worker).
+  ``Drain(timeout) -> {}``       stop accepting, let open connections finish up
+      to ``timeout`` seconds, then close them; answers when done.
+
+Worker → master:
+  ``Log(event)``                 optional structured log forwarding (no secrets).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.protocols import amp
+
+
+class JSONArgument(amp.Argument):
+    """Any JSON value, as UTF-8 text (AMP values are capped at 64 kB; big sets are chunked by callers)."""
+
+    def toString(self, inObject: Any) -> bytes:  # noqa: N802 (AMP API)
+        return json.dumps(inObject, separators=(",", ":")).encode("utf-8")
+
+    def fromString(self, inString: bytes) -> Any:  # noqa: N802 (AMP API)
+        return json.loads(inString.decode("utf-8"))
+
+
+class SetHybridConnections(amp.Command):
+    arguments = [(b"hcs", JSONArgument())]
+    response: list[tuple[bytes, amp.Argument]] = []
+
+
+class UpdateToken(amp.Command):
+    arguments = [(b"name", amp.Unicode()), (b"token", amp.Unicode())]
+    response: list[tuple[bytes, amp.Argument]] = []
+
+
+class GetStatus(amp.Command):
+    arguments: list[tuple[bytes, amp.Argument]] = []
+    response = [(b"status", JSONArgument())]
+
+
+class Drain(amp.Command):
+    arguments = [(b"timeout", amp.Float())]
+    response: list[tuple[bytes, amp.Argument]] = []
+
+
+class Log(amp.Command):
+    arguments = [(b"event", JSONArgument())]
+    response: list[tuple[bytes, amp.Argument]] = []
+    requiresAnswer = False

@@ -1,0 +1,1 @@
+"""hcm_twisted.sender"""
