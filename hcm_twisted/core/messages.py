@@ -9,7 +9,8 @@ is wrong raises :class:`MalformedInput`.
 from __future__ import annotations
 
 import json
-from typing import Any, Union
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 
@@ -66,7 +67,7 @@ class Request:
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"address": self.address, "id": self.id}
         if self.method is not None:
-            body["requestTarget"] = self.request_target or "/"
+            body["requestTarget"] = "/" if self.request_target is None else self.request_target
             body["method"] = self.method
             if self.remote_endpoint is not None:
                 body["remoteEndpoint"] = self.remote_endpoint.to_json()
@@ -117,7 +118,7 @@ class Unknown:
     kind: str
 
 
-Message = Union[Accept, Request, Response, RenewToken, Unknown]
+Message = Accept | Request | Response | RenewToken | Unknown
 
 
 def encode(message: Accept | Request | Response | RenewToken) -> str:
@@ -260,7 +261,7 @@ def _parse_renew(b: dict[str, Any]) -> RenewToken:
     return RenewToken(token=_str(b, "token", "renewToken") or "")
 
 
-_PARSERS = {
+_PARSERS: dict[str, Callable[[dict[str, Any]], Message]] = {
     "accept": _parse_accept,
     "request": _parse_request,
     "response": _parse_response,

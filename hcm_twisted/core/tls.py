@@ -105,7 +105,7 @@ def ensure_private_ca(
     ca_pem, ca_key_pem = d / "relay-ca.pem", d / "relay-ca.key"
     cert_pem, key_pem = d / "relay.pem", d / "relay.key"
     names = sorted(set(hostnames) | {"localhost", "127.0.0.1", "::1"})
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     if ca_pem.exists() and ca_key_pem.exists():
         ca_cert = x509.load_pem_x509_certificate(ca_pem.read_bytes())
