@@ -5,6 +5,7 @@ import stat
 from pathlib import Path
 
 from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet import defer, endpoints, protocol, reactor, ssl
 from twisted.internet.interfaces import IListeningPort
 from twisted.trial.unittest import TestCase
@@ -90,7 +91,7 @@ class PrivateCATests(TestCase):
     def test_wrong_hostname_fails(self) -> defer.Generator[defer.Deferred[object], object, None]:
         port = yield self._serve()
         d = self._connect(port, "wrong.test", tls.load_ca_certificates(str(self.ca)))  # type: ignore[arg-type]
-        yield self.assertFailure(d, SSL.Error)
+        yield self.assertFailure(d, VerificationError)
 
     @defer.inlineCallbacks
     def test_untrusted_ca_fails(self) -> defer.Generator[defer.Deferred[object], object, None]:
