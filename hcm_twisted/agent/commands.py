@@ -32,34 +32,34 @@ from twisted.protocols import amp
 class JSONArgument(amp.Argument):
     """Any JSON value, as UTF-8 text (AMP values are capped at 64 kB; big sets are chunked by callers)."""
 
-    def toString(self, inObject: Any) -> bytes:  # noqa: N802 (AMP API)
+    def toString(self, inObject: Any) -> bytes:
         return json.dumps(inObject, separators=(",", ":")).encode("utf-8")
 
-    def fromString(self, inString: bytes) -> Any:  # noqa: N802 (AMP API)
+    def fromString(self, inString: bytes) -> Any:
         return json.loads(inString.decode("utf-8"))
 
 
 class SetHybridConnections(amp.Command):
     arguments = [(b"hcs", JSONArgument())]
-    response: list[tuple[bytes, amp.Argument]] = []
+    response = []
 
 
 class UpdateToken(amp.Command):
     arguments = [(b"name", amp.Unicode()), (b"token", amp.Unicode())]
-    response: list[tuple[bytes, amp.Argument]] = []
+    response = []
 
 
 class GetStatus(amp.Command):
-    arguments: list[tuple[bytes, amp.Argument]] = []
+    arguments = []
     response = [(b"status", JSONArgument())]
 
 
 class Drain(amp.Command):
     arguments = [(b"timeout", amp.Float())]
-    response: list[tuple[bytes, amp.Argument]] = []
+    response = []
 
 
 class Log(amp.Command):
     arguments = [(b"event", JSONArgument())]
-    response: list[tuple[bytes, amp.Argument]] = []
+    response = []
     requiresAnswer = False
