@@ -17,10 +17,11 @@ if [ -z "${HCM_SKIP_INSTALL:-}" ]; then
   "$venv/bin/pip" install -q --disable-pip-version-check ".[test]" >/dev/null ||
     { echo "pip install failed"; echo "0 passed, 1 failed"; exit 1; }
 fi
-# Microsoft's Node clients for the interop tests (skipped only when node is absent).
+# Microsoft's Node clients for the interop tests (from the committed lockfile; without node
+# or node_modules the interop tests fail, naming what is missing).
 if [ -f tests/interop/package.json ] && command -v npm >/dev/null 2>&1 && [ ! -d tests/interop/node_modules ]; then
-  (cd tests/interop && npm install --no-audit --no-fund --silent >/dev/null 2>&1) ||
-    echo "warning: npm install in tests/interop failed"
+  (cd tests/interop && npm ci --no-audit --no-fund --silent >/dev/null 2>&1) ||
+    echo "warning: npm ci in tests/interop failed"
 fi
 
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
