@@ -1,0 +1,1 @@
+"""Interop tests: Microsoft's Node clients (hyco-ws, hyco-https) against our relay."""

@@ -1,0 +1,355 @@
+"""Microsoft's Node clients against hcm-relay (issue 2, item 5).
+
+* hyco-ws 1.0.5 (ws 1.1.5): a listener (``createRelayedServer``) and a sender
+  (``relayedConnect``) exchange about 1 MiB each way through the relay, byte-exact, with
+  sha256 computed independently in the two Node processes.
+* hyco-https 1.4.5 (ws 6.2.7): a listener (``createRelayedServer`` + ``listen()``) answers
+  HTTPS requests that Python sends to ``https://localhost:PORT/hc1/...`` with a Send token:
+  GET (small and large responses), POST small and POST > 64 kB (the rendezvous path).
+
+The Node scripts live next to this file; ``npm ci`` in this directory installs the packages
+(``scripts/test.sh`` does it).  Without node or node_modules these tests fail, saying so.
+The clients' URL helpers add ``:443`` to the namespace, so the URLs are built here; tokens
+are minted by the clients' own ``createRelayToken`` (they sign ``http://localhost:PORT/hc1``).
+The private CA of the relay reaches Node through ``NODE_EXTRA_CA_CERTS``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from twisted.trial import unittest
+
+from hcm_twisted.core import sas
+from tests.e2e import harness
+
+HERE = Path(__file__).resolve().parent
+NODE_MODULES = HERE / "node_modules"
+HC = "hc1"
+MIB = 1024 * 1024
+
+Event = dict[str, Any]
+
+
+def node_executable() -> str:
+    """The node binary, or a failure message naming what is missing."""
+    node = shutil.which("node")
+    if node is None:
+        raise AssertionError(
+            "node is not on PATH: the interop tests need Node.js >= 18 with npm "
+            "(.ci/run installs them); then run `npm ci` in tests/interop"
+        )
+    for package in ("hyco-ws", "hyco-https"):
+        if not (NODE_MODULES / package / "package.json").is_file():
+            raise AssertionError(
+                f"{NODE_MODULES / package} is missing: run `npm ci` in tests/interop "
+                "(scripts/test.sh does this when npm is installed)"
+            )
+    return node
+
+
+def seeded_bytes(seed: str, length: int) -> bytes:
+    """The same bytes as ``seededBytes`` in common.js (sha256 in counter mode)."""
+    out = bytearray()
+    counter = 0
+    while len(out) < length:
+        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest()
+        counter += 1
+    return bytes(out[:length])
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def json_lines(text: str) -> list[Event]:
+    events: list[Event] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{") and line.endswith("}"):
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue
+    return events
+
+
+class NodeClientsMixin:
+    """Start a relay and Node scripts; helpers shared by the tests below."""
+
+    relay: Any
+    node: str
+    directory: Path
+
+    # Provided by trial's TestCase.
+    mktemp: Callable[[], str]
+    addCleanup: Callable[..., None]
+
+    def start_relay(self) -> None:
+        from tests.e2e.relayfixture import start_relay
+
+        self.node = node_executable()
+        self.directory = Path(self.mktemp()).resolve()
+        self.directory.mkdir(parents=True)
+        self.relay = start_relay(self.directory / "relay", hcs=(HC,))
+        self.addCleanup(self.relay.stop)
+
+    @property
+    def ws_base(self) -> str:
+        return f"wss://localhost:{self.relay.port}/$hc/{HC}"
+
+    def node_env(self, key_name: str) -> dict[str, str]:
+        return {
+            "NODE_EXTRA_CA_CERTS": str(Path(self.relay.ca_path).resolve()),
+            "HCM_INTEROP_KEY": harness.TEST_KEYS[key_name],
+        }
+
+    def start_listener(self, script: str, name: str) -> harness.Proc:
+        """Start a Node listener script and wait until its control channel is open."""
+        config = {
+            "url": f"{self.ws_base}?sb-hc-action=listen",
+            "keyName": "defaultListener",
+            "maxSeconds": 120,
+        }
+        proc = harness.Proc(
+            [self.node, str(HERE / script), json.dumps(config)],
+            cwd=self.directory, name=name, env=self.node_env("defaultListener"),
+        )
+        self.addCleanup(proc.stop)
+        self.wait_event(proc, lambda e: e.get("event") == "listening", 20.0)
+        return proc
+
+    def wait_event(self, proc: harness.Proc, match: Callable[[Event], bool],
+                   timeout: float) -> Event:
+        """The first JSON line of ``proc`` that ``match``es; fail on errors, exit or timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in json_lines(proc.output()):
+                if event.get("event") in ("control-error", "error"):
+                    raise AssertionError(
+                        f"{proc.name}: {event}\n--- relay log tail:\n{self.relay_log()}")
+                if match(event):
+                    return event
+            if proc.popen.poll() is not None:
+                raise AssertionError(
+                    f"{proc.name} exited ({proc.popen.returncode}):\n{proc.output()[-3000:]}"
+                    f"\n--- relay log tail:\n{self.relay_log()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{proc.name}: no expected event after {timeout} s:\n{proc.output()[-3000:]}"
+                    f"\n--- relay log tail:\n{self.relay_log()}")
+            time.sleep(0.05)
+
+    def relay_log(self) -> str:
+        try:
+            return str(self.relay.proc.output()[-3000:])
+        except Exception as e:  # diagnostics only
+            return f"(no relay log: {e})"
+
+    def run_sender(self, config: dict[str, Any], timeout: float = 90.0) -> Event:
+        """Run ws_sender.js to completion; its result line."""
+        config = {
+            "url": f"{self.ws_base}?sb-hc-action=connect",
+            "keyName": "defaultSender",
+            "timeout": timeout - 10,
+            **config,
+        }
+        env = harness.child_env(self.node_env("defaultSender"))
+        try:
+            done = subprocess.run(
+                [self.node, str(HERE / "ws_sender.js"), json.dumps(config)],
+                cwd=self.directory, env=env, capture_output=True, text=True,
+                timeout=timeout, stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired as e:
+            raise AssertionError(
+                f"ws_sender.js did not finish in {timeout} s\n--- relay log tail:\n"
+                f"{self.relay_log()}") from e
+        results = [e for e in json_lines(done.stdout) if e.get("event") == "result"]
+        if done.returncode != 0 or not results:
+            raise AssertionError(
+                f"ws_sender.js failed ({done.returncode}):\n{done.stdout[-3000:]}\n"
+                f"{done.stderr[-3000:]}\n--- relay log tail:\n{self.relay_log()}")
+        return results[-1]
+
+    def https(self) -> http.client.HTTPSConnection:
+        context = ssl.create_default_context(cafile=str(Path(self.relay.ca_path).resolve()))
+        conn = http.client.HTTPSConnection("localhost", self.relay.port, context=context,
+                                           timeout=30)
+        self.addCleanup(conn.close)
+        return conn
+
+    def send_token(self) -> str:
+        return sas.mint(f"http://localhost:{self.relay.port}/{HC}", "defaultSender",
+                        harness.TEST_KEYS["defaultSender"])
+
+    def request(self, conn: http.client.HTTPSConnection, method: str, target: str,
+                body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        all_headers = {"ServiceBusAuthorization": self.send_token(), **(headers or {})}
+        conn.request(method, target, body=body, headers=all_headers)
+        response = conn.getresponse()
+        data = response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+
+
+class HycoWsTests(NodeClientsMixin, unittest.TestCase):
+    """hyco-ws listener + hyco-ws sender through the relay."""
+
+    def setUp(self) -> None:
+        self.start_relay()
+        self.listener = self.start_listener("ws_listener.js", "ws-listener")
+
+    def listener_closed(self, n: int) -> Event:
+        return self.wait_event(
+            self.listener, lambda e: e.get("event") == "closed" and e.get("n") == n, 20.0)
+
+    def test_echo_round_trip(self) -> None:
+        """1 MiB from the sender comes back byte-exact; boundaries and text survive."""
+        result = self.run_sender({"mode": "echo", "size": MIB})
+        closed = self.listener_closed(1)
+
+        self.assertEqual(result["sent"], MIB)
+        # What the listener received is what the sender sent (hashed in each process) ...
+        self.assertEqual(closed["received"], MIB)
+        self.assertEqual(closed["received_sha256"], result["sent_sha256"])
+        # ... and what the sender got back is what the listener sent.
+        self.assertEqual(result["received"], MIB)
+        self.assertEqual(result["received_sha256"], closed["sent_sha256"])
+        self.assertEqual(result["received_sha256"], result["sent_sha256"])
+        self.assertTrue(result["boundaries_kept"], result)
+        self.assertEqual(result["echoed_text"], "text passes as text")
+        self.assertEqual(result["listener"]["text_messages"], 2)
+        self.assertEqual(result["close_code"], 1000)
+        self.assertFalse(closed.get("incomplete", False), closed)
+
+    def test_both_directions(self) -> None:
+        """1 MiB sender -> listener and a different 1 MiB listener -> sender at the same time."""
+        result = self.run_sender({"mode": "reply", "size": MIB, "replySize": MIB})
+        closed = self.listener_closed(1)
+
+        self.assertEqual((result["sent"], closed["received"]), (MIB, MIB))
+        self.assertEqual(closed["received_sha256"], result["sent_sha256"])
+        self.assertEqual((closed["sent"], result["received"]), (MIB, MIB))
+        self.assertEqual(result["received_sha256"], closed["sent_sha256"])
+        self.assertNotEqual(result["received_sha256"], result["sent_sha256"])
+        self.assertEqual(result["close_code"], 1000)
+
+    def test_two_senders_one_after_the_other(self) -> None:
+        """The listener keeps its control channel: a second connection is accepted too."""
+        first = self.run_sender({"mode": "echo", "size": 4096})
+        second = self.run_sender({"mode": "echo", "size": 70_000})
+        self.assertEqual(first["received_sha256"], first["sent_sha256"])
+        self.assertEqual(second["received_sha256"], second["sent_sha256"])
+        self.assertEqual(self.listener_closed(2)["received_sha256"], second["sent_sha256"])
+
+
+class HycoHttpsTests(NodeClientsMixin, unittest.TestCase):
+    """A hyco-https listener answers HTTPS requests sent through the relay."""
+
+    def setUp(self) -> None:
+        self.start_relay()
+        self.listener = self.start_listener("https_listener.js", "https-listener")
+
+    def listener_saw(self, method: str, url: str) -> Event:
+        return self.wait_event(
+            self.listener,
+            lambda e: e.get("event") == "request" and e.get("method") == method
+            and e.get("url") == url,
+            10.0,
+        )
+
+    def test_get_small(self) -> None:
+        status, headers, body = self.request(self.https(), "GET", f"/{HC}/hello/world?x=1&y=two")
+        self.assertEqual(status, 200, body[:500])
+        self.assertEqual(headers.get("x-listener"), "hyco-https")
+        self.assertEqual(headers.get("content-type"), "application/json")
+        answer = json.loads(body)
+        self.assertEqual(answer["method"], "GET")
+        self.assertEqual(answer["url"], f"/{HC}/hello/world?x=1&y=two")
+        self.assertEqual(answer["received"], 0)
+        self.assertNotIn("serviceBusAuthorization".lower(), answer["headers"])
+        self.listener_saw("GET", f"/{HC}/hello/world?x=1&y=two")
+
+    def test_token_in_query_is_removed(self) -> None:
+        """``sb-hc-token`` authenticates and never reaches the listener."""
+        conn = self.https()
+        token = quote(self.send_token(), safe="")
+        conn.request("GET", f"/{HC}/q?a=1&sb-hc-token={token}&b=2")
+        response = conn.getresponse()
+        body = response.read()
+        self.assertEqual(response.status, 200, body[:500])
+        self.assertEqual(json.loads(body)["url"], f"/{HC}/q?a=1&b=2")
+
+    def test_get_large_response(self) -> None:
+        """A 300 kB response (over 64 kB: hyco-https answers on a rendezvous), byte-exact."""
+        expected = seeded_bytes("large", 300_000)
+        status, headers, body = self.request(
+            self.https(), "GET", f"/{HC}/blob?size=300000&seed=large")
+        self.assertEqual(status, 200, body[:500])
+        self.assertEqual(len(body), len(expected))
+        self.assertEqual(sha256(body), sha256(expected))
+        self.assertEqual(headers.get("x-body-sha256"), sha256(expected))
+
+    def test_get_response_in_many_writes(self) -> None:
+        """A response written in 7 pieces (a fragmented binary message), byte-exact."""
+        expected = seeded_bytes("pieces", 200_000)
+        status, _, body = self.request(
+            self.https(), "GET", f"/{HC}/blob?size=200000&seed=pieces&writes=7")
+        self.assertEqual(status, 200, body[:500])
+        self.assertEqual(sha256(body), sha256(expected))
+
+    def test_post_small(self) -> None:
+        data = os.urandom(1000)
+        status, _, body = self.request(
+            self.https(), "POST", f"/{HC}/upload", data,
+            {"Content-Type": "application/octet-stream"})
+        self.assertEqual(status, 200, body[:500])
+        answer = json.loads(body)
+        self.assertEqual((answer["method"], answer["received"]), ("POST", 1000))
+        self.assertEqual(answer["sha256"], sha256(data))
+        self.assertEqual(answer["headers"].get("content-type"), "application/octet-stream")
+        self.assertEqual(self.listener_saw("POST", f"/{HC}/upload")["sha256"], sha256(data))
+
+    def test_post_large(self) -> None:
+        """A 256 KiB body (over 64 kB: the relay sends it on a rendezvous), byte-exact."""
+        data = os.urandom(256 * 1024)
+        status, _, body = self.request(
+            self.https(), "POST", f"/{HC}/upload/large?k=v", data,
+            {"Content-Type": "application/octet-stream"})
+        self.assertEqual(status, 200, body[:500])
+        answer = json.loads(body)
+        self.assertEqual((answer["method"], answer["received"]), ("POST", len(data)))
+        self.assertEqual(answer["url"], f"/{HC}/upload/large?k=v")
+        self.assertEqual(answer["sha256"], sha256(data))
+
+    def test_keep_alive_sequence(self) -> None:
+        """Small and large requests and responses one after the other on one connection."""
+        conn = self.https()
+        small, large = os.urandom(500), os.urandom(100_000)
+        for step, (method, target, data) in enumerate([
+            ("GET", f"/{HC}/one", None),
+            ("POST", f"/{HC}/two", large),
+            ("POST", f"/{HC}/three", small),
+            ("GET", f"/{HC}/blob?size=150000&seed=four", None),
+            ("GET", f"/{HC}/five", None),
+        ]):
+            status, headers, body = self.request(conn, method, target, data)
+            self.assertEqual(status, 200, f"step {step}: {body[:500]!r}")
+            if "blob" in target:
+                self.assertEqual(sha256(body), sha256(seeded_bytes("four", 150_000)))
+            else:
+                answer = json.loads(body)
+                self.assertEqual(answer["url"], target, f"step {step}")
+                self.assertEqual(answer["sha256"], sha256(data or b""), f"step {step}")
