@@ -157,8 +157,29 @@ class NodeClientsMixin:
         except Exception as e:  # diagnostics only
             return f"(no relay log: {e})"
 
-    def run_sender(self, config: dict[str, Any], timeout: float = 90.0) -> Event:
+    def run_sender(self, config: dict[str, Any], timeout: float = 90.0,
+                   key: str | None = None) -> Event:
         """Run ws_sender.js to completion; its result line."""
+        done = self.run_sender_process(config, timeout, key)
+        results = [e for e in json_lines(done.stdout) if e.get("event") == "result"]
+        if done.returncode != 0 or not results:
+            raise AssertionError(
+                f"ws_sender.js failed ({done.returncode}):\n{done.stdout[-3000:]}\n"
+                f"{done.stderr[-3000:]}\n--- relay log tail:\n{self.relay_log()}")
+        return results[-1]
+
+    def run_failing_sender(self, config: dict[str, Any], key: str | None = None) -> str:
+        """Run ws_sender.js expecting it to fail; its error message."""
+        done = self.run_sender_process(config, 30.0, key)
+        errors = [e for e in json_lines(done.stdout) if e.get("event") == "error"]
+        if done.returncode == 0 or not errors:
+            raise AssertionError(
+                f"ws_sender.js did not fail ({done.returncode}):\n{done.stdout[-3000:]}\n"
+                f"{done.stderr[-3000:]}")
+        return str(errors[-1]["message"])
+
+    def run_sender_process(self, config: dict[str, Any], timeout: float,
+                           key: str | None) -> subprocess.CompletedProcess[str]:
         config = {
             "url": f"{self.ws_base}?sb-hc-action=connect",
             "keyName": "defaultSender",
@@ -166,6 +187,8 @@ class NodeClientsMixin:
             **config,
         }
         env = harness.child_env(self.node_env("defaultSender"))
+        if key is not None:
+            env["HCM_INTEROP_KEY"] = key
         try:
             done = subprocess.run(
                 [self.node, str(HERE / "ws_sender.js"), json.dumps(config)],
@@ -176,12 +199,7 @@ class NodeClientsMixin:
             raise AssertionError(
                 f"ws_sender.js did not finish in {timeout} s\n--- relay log tail:\n"
                 f"{self.relay_log()}") from e
-        results = [e for e in json_lines(done.stdout) if e.get("event") == "result"]
-        if done.returncode != 0 or not results:
-            raise AssertionError(
-                f"ws_sender.js failed ({done.returncode}):\n{done.stdout[-3000:]}\n"
-                f"{done.stderr[-3000:]}\n--- relay log tail:\n{self.relay_log()}")
-        return results[-1]
+        return done
 
     def https(self) -> http.client.HTTPSConnection:
         context = ssl.create_default_context(cafile=str(Path(self.relay.ca_path).resolve()))
@@ -255,6 +273,38 @@ class HycoWsTests(NodeClientsMixin, unittest.TestCase):
         self.assertEqual(self.listener_closed(2)["received_sha256"], second["sent_sha256"])
 
 
+    def test_subprotocol_chosen_by_listener(self) -> None:
+        """The listener takes the first offered subprotocol; the sender's 101 carries it."""
+        result = self.run_sender({"mode": "echo", "size": 10_000,
+                                  "protocols": ["chat", "superchat"]})
+        self.assertEqual(result["protocol"], "chat")
+        self.assertEqual(result["received_sha256"], result["sent_sha256"])
+        self.assertEqual(self.listener_closed(1)["protocol"], "chat")
+
+    def test_sender_with_wrong_key_is_refused(self) -> None:
+        """A token signed with the wrong key fails the sender's handshake with 401."""
+        wrong = "d3Jvbmcta2V5LWZvci10ZXN0cy1vbmx5LTMzMzMzMzMzMw=="
+        message = self.run_failing_sender({"mode": "echo", "size": 10}, key=wrong)
+        self.assertIn("(401)", message)
+        self.assertEqual(
+            [e for e in json_lines(self.listener.output()) if e.get("event") == "connection"], [])
+
+
+class NoListenerTests(NodeClientsMixin, unittest.TestCase):
+    """What Microsoft's sender sees when nobody listens (spec section 14)."""
+
+    def setUp(self) -> None:
+        self.start_relay()
+
+    def test_ws_sender_gets_404(self) -> None:
+        message = self.run_failing_sender({"mode": "echo", "size": 10})
+        self.assertIn("(404)", message)
+
+    def test_https_request_gets_502(self) -> None:
+        status, _, body = self.request(self.https(), "GET", f"/{HC}/nobody")
+        self.assertEqual(status, 502, body[:500])
+
+
 class HycoHttpsTests(NodeClientsMixin, unittest.TestCase):
     """A hyco-https listener answers HTTPS requests sent through the relay."""
 
@@ -291,6 +341,16 @@ class HycoHttpsTests(NodeClientsMixin, unittest.TestCase):
         body = response.read()
         self.assertEqual(response.status, 200, body[:500])
         self.assertEqual(json.loads(body)["url"], f"/{HC}/q?a=1&b=2")
+
+    def test_request_with_wrong_key_is_refused(self) -> None:
+        """401 from the relay; the listener never sees the request."""
+        token = sas.mint(f"http://localhost:{self.relay.port}/{HC}", "defaultSender",
+                         "d3Jvbmcta2V5LWZvci10ZXN0cy1vbmx5LTMzMzMzMzMzMw==")
+        status, _, body = self.request(self.https(), "GET", f"/{HC}/secret",
+                                       headers={"ServiceBusAuthorization": token})
+        self.assertEqual(status, 401, body[:500])
+        self.assertEqual(
+            [e for e in json_lines(self.listener.output()) if e.get("event") == "request"], [])
 
     def test_get_large_response(self) -> None:
         """A 300 kB response (over 64 kB: hyco-https answers on a rendezvous), byte-exact."""

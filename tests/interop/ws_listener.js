@@ -38,7 +38,7 @@ const server = WebSocket.createRelayedServer(
     let binaryMessages = 0;
     let reported = false;
     const started = Date.now();
-    emit({ event: 'connection', n: n, url: ws.url, protocol: ws.protocol || null });
+    emit({ event: 'connection', n: n, url: ws.url });
 
     const report = () => {
       if (reported || mode === null || received.bytes < expect) return;
@@ -99,7 +99,10 @@ const server = WebSocket.createRelayedServer(
     });
 
     ws.on('close', (code, reason) => {
-      const out = { event: 'closed', n: n, code: code, reason: reason || '', ms: Date.now() - started };
+      const out = {
+        event: 'closed', n: n, code: code, reason: reason || '', protocol: ws.protocol || null,
+        ms: Date.now() - started,
+      };
       if (ws.stats) Object.assign(out, ws.stats);
       else Object.assign(out, { received: received.bytes, sent: sent.bytes, incomplete: true });
       emit(out);

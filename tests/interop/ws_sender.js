@@ -2,12 +2,13 @@
 // hyco-ws sender (relayedConnect, ws 1.1.5) against our relay: a byte-exact round trip.
 //
 //   HCM_INTEROP_KEY=<send key> node ws_sender.js '{"url": "wss://localhost:PORT/$hc/hc1?sb-hc-action=connect",
-//       "keyName": "defaultSender", "mode": "echo"|"reply", "size": N, "replySize": M, "timeout": 60}'
+//       "keyName": "defaultSender", "mode": "echo"|"reply", "size": N, "replySize": M, "timeout": 60,
+//       "protocols": ["chat", "superchat"] (optional)}'
 //
 // Sends N random bytes (binary messages of 1 B .. 64 KiB plus one of 300 KiB) after a text hello
 // (see ws_listener.js), receives the echo (mode "echo") or the listener's own M bytes (mode
 // "reply") and the listener's text stats message, then closes with 1000.  Prints one line:
-//   {"event": "result", "sent": N, "sent_sha256": ..., "received": ..., "received_sha256": ...,
+//   {"event": "result", "protocol": ..., "sent": N, "sent_sha256": ..., "received": ..., "received_sha256": ...,
 //    "boundaries_kept": bool, "listener": {...stats the listener sent...}, "close_code": ..., "ms": ...}
 // or {"event": "error", ...} and exit status 2.
 
@@ -33,7 +34,7 @@ deadline(cfg.timeout || 60, () =>
   `opened=${opened} sent=${sent.bytes} received=${received.bytes} stats=${listenerStats !== null}`);
 
 const token = WebSocket.createRelayToken(cfg.url, cfg.keyName, cfg.key);
-const ws = WebSocket.relayedConnect(cfg.url, token, () => {
+const onOpen = () => {
   opened = true;
   const expect = size;
   const hello = { mode: mode, expect: expect, size: replySize };
@@ -51,7 +52,13 @@ const ws = WebSocket.relayedConnect(cfg.url, token, () => {
     ws.send(chunk, { binary: true });
     left -= len;
   }
-});
+};
+// relayedConnect() offers no subprotocols; with "protocols" we use hyco-ws's ws 1.1.5 directly,
+// exactly as relayedConnect() does but with a protocol list.
+const ws = cfg.protocols
+  ? new WebSocket(cfg.url, cfg.protocols, { headers: { ServiceBusAuthorization: token } })
+  : WebSocket.relayedConnect(cfg.url, token);
+ws.on('open', onOpen);
 
 const wanted = () => (mode === 'echo' ? size : replySize);
 
@@ -94,6 +101,7 @@ ws.on('close', (code, reason) => {
   emit({
     event: 'result',
     mode: mode,
+    protocol: ws.protocol || null,
     sent: sent.bytes,
     sent_sha256: sentHex,
     received: received.bytes,
