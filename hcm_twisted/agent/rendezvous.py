@@ -1,0 +1,340 @@
+# -*- test-case-name: tests.agent.test_rendezvous -*-
+"""Accepted connections: the rendezvous WebSocket bridged to the endpoint.
+
+On ``accept`` both legs start at once: the TCP connection to the endpoint and
+the WebSocket to the accept ``address`` (used unchanged, no token).  They are
+spliced by :class:`hcm_twisted.core.bridge.Bridge`, which holds the first leg
+paused until the other one is there.
+
+If the endpoint cannot be reached while the rendezvous is not yet open, the
+rendezvous attempt is dropped and the connection is *rejected* (the accept
+address plus ``sb-hc-statusCode=502``): the relay answers us 410 and fails the
+sender's handshake at once, with our description.  If the rendezvous opened
+first, it is closed with 1011 instead.
+
+HTTP-mode requests that arrive as a rendezvous-only stub are answered 501 on
+their rendezvous (this agent forwards TCP only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from hcm_twisted.agent.listener import EndpointMaker, HcSpec, not_implemented, parse_host_port
+from hcm_twisted.core import messages, urls
+from hcm_twisted.core.bridge import Bridge, BridgeClientFactory, TcpLeg
+from hcm_twisted.core.errors import MalformedInput
+
+#: How long the rendezvous WebSocket may take to open ([NET] gives it 20 s).
+RENDEZVOUS_TIMEOUT = 20.0
+REJECT_TIMEOUT = 10.0
+
+TcpEndpointMaker = Callable[[str, int, float], IStreamClientEndpoint]
+
+
+def default_tcp_endpoints(reactor: Any) -> TcpEndpointMaker:
+    def make(host: str, port: int, timeout: float) -> IStreamClientEndpoint:
+        return HostnameEndpoint(reactor, host, port, timeout=timeout)
+
+    return make
+
+
+def first_subprotocol(headers: dict[str, str]) -> str | None:
+    """The first protocol the sender offered in ``Sec-WebSocket-Protocol``, if any."""
+    for key, value in headers.items():
+        if key.lower() == "sec-websocket-protocol":
+            for piece in value.split(","):
+                if piece.strip():
+                    return piece.strip()
+    return None
+
+
+class _RejectProtocol(WebSocketClientProtocol):
+    """Opens the reject URL; the relay answers 410 (that is success)."""
+
+    factory: _RejectFactory
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        line = getattr(self, "http_status_line", None) or ""
+        pieces = line.split()
+        status = int(pieces[1]) if len(pieces) > 1 and pieces[1].isdigit() else None
+        self.factory.finished(status, reason)
+
+
+class _RejectFactory(WebSocketClientFactory):
+    protocol = _RejectProtocol  # type: ignore[assignment]
+
+    def __init__(self, url: str, on_done: Callable[[int | None, str | None], None],
+                 reactor: Any) -> None:
+        super().__init__(url, reactor=reactor, useragent="hcm-twisted")
+        self.setProtocolOptions(openHandshakeTimeout=REJECT_TIMEOUT, closeHandshakeTimeout=1)
+        self._on_done: Callable[[int | None, str | None], None] | None = on_done
+
+    def finished(self, status: int | None, reason: str | None) -> None:
+        on_done, self._on_done = self._on_done, None
+        if on_done is not None:
+            on_done(status, reason)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.finished(None, reason.getErrorMessage())
+
+
+class _RequestProtocol(WebSocketClientProtocol):
+    """A rendezvous-only HTTP request: read the request, answer 501, close."""
+
+    factory: _RequestFactory
+    _answered = False
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self._answered or isBinary:
+            return
+        request_id = self.factory.request_id
+        try:
+            message = messages.parse(payload)
+            if isinstance(message, messages.Request) and message.id:
+                request_id = message.id
+        except MalformedInput:
+            pass
+        self._answered = True
+        self.sendMessage(not_implemented(request_id).encode("utf-8"), isBinary=False)
+        self.sendClose(1000)
+
+
+class _RequestFactory(WebSocketClientFactory):
+    protocol = _RequestProtocol  # type: ignore[assignment]
+
+    def __init__(self, url: str, request_id: str, reactor: Any) -> None:
+        super().__init__(url, reactor=reactor, useragent="hcm-twisted")
+        self.setProtocolOptions(
+            openHandshakeTimeout=RENDEZVOUS_TIMEOUT, closeHandshakeTimeout=2,
+            maxMessagePayloadSize=1024 * 1024,
+        )
+        self.request_id = request_id
+
+
+@attrs.define(eq=False)
+class _Pending:
+    """One accept in progress or bridged."""
+
+    bridge: Bridge
+    accept: messages.Accept
+    ws_connecting: Deferred[Any] | None = None
+    ws_protocol: Any = None
+    rejected: bool = False
+
+
+class Acceptor:
+    """Accepts a Hybrid Connection's senders and counts what happens."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        spec: HcSpec,
+        reactor: Any,
+        relay_endpoints: EndpointMaker,
+        tcp_endpoints: TcpEndpointMaker | None = None,
+        linger: float = 60.0,
+    ) -> None:
+        self.spec = spec
+        self._reactor = reactor
+        self._relay_endpoints = relay_endpoints
+        self._tcp_endpoints = tcp_endpoints or default_tcp_endpoints(reactor)
+        self._linger = linger
+        self.accepting = True
+        self._live: set[_Pending] = set()
+        self.accepted = 0  # finished bridges that had joined
+        self.rejected = 0
+        self.failed = 0
+        self.bytes_in = 0  # finished bridges: sender -> endpoint
+        self.bytes_out = 0  # finished bridges: endpoint -> sender
+        self.endpoint_reachable: bool | None = None
+        self.http_requests = 0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def counters(self) -> dict[str, Any]:
+        live = list(self._live)
+        return {
+            "open": len(live),
+            "accepted": self.accepted + sum(1 for p in live if p.bridge.joined),
+            "rejected": self.rejected,
+            "bytes_in": self.bytes_in + sum(p.bridge.bytes_to_tcp for p in live),
+            "bytes_out": self.bytes_out + sum(p.bridge.bytes_to_ws for p in live),
+            "endpoint_reachable": self.endpoint_reachable,
+        }
+
+    # ---- accept ---------------------------------------------------------------
+
+    def accept(self, accept: messages.Accept) -> None:
+        if not self.accepting:
+            self._reject(accept, 503, "Listener is draining")
+            return
+        endpoint = self.spec.endpoint
+        if endpoint is None:
+            self._reject(accept, 502, "No endpoint configured for this Hybrid Connection")
+            return
+        host, port = parse_host_port(endpoint)
+        bridge = Bridge(self._reactor, linger=self._linger, name=f"{self.name}/{accept.id[:40]}")
+        pending = _Pending(bridge, accept)
+        self._live.add(pending)
+        bridge.when_done().addCallback(lambda _: self._finished(pending))
+
+        # Both legs at once.
+        tcp_factory = Factory.forProtocol(lambda: TcpLeg(bridge))
+        tcp_d = self._tcp_endpoints(host, port, self.spec.connect_timeout).connect(tcp_factory)
+        tcp_d.addCallbacks(
+            lambda proto: self._endpoint_connected(pending),
+            lambda f: self._endpoint_failed(pending, f),
+        )
+
+        subprotocol = first_subprotocol(accept.connect_headers)
+        ws_factory = BridgeClientFactory(
+            accept.address,
+            bridge,
+            reactor=self._reactor,
+            protocols=[subprotocol] if subprotocol else None,
+            useragent="hcm-twisted",
+        )
+        secure, rhost, rport, _ = urls.split_ws_url(accept.address)
+        try:
+            relay = self._relay_endpoints(rhost, rport, secure, RENDEZVOUS_TIMEOUT)
+            ws_d = relay.connect(ws_factory)
+        except Exception as e:
+            bridge.fail(f"rendezvous: {type(e).__name__}: {e}")
+            return
+        pending.ws_connecting = ws_d
+
+        def ws_connected(proto: IProtocol) -> None:
+            pending.ws_connecting = None
+            pending.ws_protocol = proto
+
+        def ws_failed(f: Failure) -> None:
+            pending.ws_connecting = None
+            if not pending.rejected:
+                self._log.warn(
+                    "{name}: cannot reach the rendezvous: {error}",
+                    name=self.name, error=f.getErrorMessage(),
+                )
+                bridge.fail(f"rendezvous unreachable: {f.getErrorMessage()}")
+
+        ws_d.addCallbacks(ws_connected, ws_failed)
+
+    def _endpoint_connected(self, pending: _Pending) -> None:
+        self.endpoint_reachable = True
+
+    def _endpoint_failed(self, pending: _Pending, f: Failure) -> None:
+        self.endpoint_reachable = False
+        error = f.getErrorMessage()
+        bridge = pending.bridge
+        self._log.warn(
+            "{name}: endpoint {endpoint} unreachable: {error}",
+            name=self.name, endpoint=self.spec.endpoint, error=error,
+        )
+        if bridge.ws is None and not bridge.ws_gone:
+            # The rendezvous is not open yet: reject instead, so the sender fails at once.
+            pending.rejected = True
+            if pending.ws_connecting is not None:
+                pending.ws_connecting.cancel()
+            elif pending.ws_protocol is not None:
+                pending.ws_protocol.dropConnection(abort=True)
+            self._reject(pending.accept, 502, f"Endpoint unreachable: {error}"[:200])
+        bridge.fail(f"endpoint unreachable: {error}")
+
+    def _finished(self, pending: _Pending) -> None:
+        self._live.discard(pending)
+        bridge = pending.bridge
+        if bridge.joined:
+            self.accepted += 1
+        elif not pending.rejected:
+            self.failed += 1
+        self.bytes_in += bridge.bytes_to_tcp
+        self.bytes_out += bridge.bytes_to_ws
+        self._log.debug(
+            "{name}: connection ended ({reason})", name=self.name, reason=bridge.close_reason
+        )
+
+    # ---- reject -------------------------------------------------------------------
+
+    def _reject(self, accept: messages.Accept, status: int, description: str) -> None:
+        self.rejected += 1
+        url = urls.reject_url(accept.address, status, description)
+        secure, host, port, _ = urls.split_ws_url(url)
+
+        def done(http_status: int | None, reason: str | None) -> None:
+            if http_status == 410:
+                self._log.info(
+                    "{name}: rejected a connection ({status} {description})",
+                    name=self.name, status=status, description=description,
+                )
+            else:
+                self._log.warn(
+                    "{name}: rejecting a connection failed: {reason}",
+                    name=self.name, reason=reason,
+                )
+
+        factory = _RejectFactory(url, done, self._reactor)
+        try:
+            self._relay_endpoints(host, port, secure, REJECT_TIMEOUT).connect(factory).addErrback(
+                lambda f: factory.finished(None, f.getErrorMessage())
+            )
+        except Exception as e:
+            done(None, f"{type(e).__name__}: {e}")
+
+    # ---- HTTP-mode rendezvous -------------------------------------------------------
+
+    def answer_request(self, request: messages.Request, channel: Any = None) -> None:
+        """Answer a rendezvous-only HTTP request with 501 on its rendezvous."""
+        self.http_requests += 1
+        factory = _RequestFactory(request.address, request.id, self._reactor)
+        secure, host, port, _ = urls.split_ws_url(request.address)
+        try:
+            self._relay_endpoints(host, port, secure, RENDEZVOUS_TIMEOUT).connect(
+                factory
+            ).addErrback(
+                lambda f: self._log.warn(
+                    "{name}: cannot answer an HTTP request: {error}",
+                    name=self.name, error=f.getErrorMessage(),
+                )
+            )
+        except Exception:
+            self._log.failure("{name}: cannot answer an HTTP request", name=self.name)
+
+    # ---- shutting down -----------------------------------------------------------------
+
+    def drain(self, timeout: float) -> Deferred[None]:
+        """Stop accepting; wait up to ``timeout`` s for open connections, then close them."""
+        self.accepting = False
+        live = list(self._live)
+        if not live:
+            return succeed(None)
+        waits: Deferred[Any] = DeferredList(
+            [p.bridge.when_done() for p in live], consumeErrors=True
+        )
+        timer = self._reactor.callLater(timeout, self.close_all, "drain timeout")
+
+        def done(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+
+        waits.addBoth(done)
+        return waits
+
+    def close_all(self, reason: str = "hybrid connection closed") -> None:
+        """Close every open connection (WebSocket Close 1001, TCP after flushing)."""
+        for pending in list(self._live):
+            if pending.ws_connecting is not None:
+                pending.ws_connecting.cancel()
+            pending.bridge.fail(reason, ws_code=1001)

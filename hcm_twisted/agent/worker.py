@@ -1,0 +1,222 @@
+# -*- test-case-name: tests.agent.test_worker -*-
+"""An agent worker: ``python -m hcm_twisted.agent.worker``.
+
+The master starts one worker per core with AMP on file descriptors 3 (the
+worker reads) and 4 (the worker writes); see :mod:`hcm_twisted.agent.commands`.
+A worker holds one control channel per Hybrid Connection
+(:class:`~hcm_twisted.agent.listener.Listener`) and bridges each accepted
+rendezvous to the endpoint (:class:`~hcm_twisted.agent.rendezvous.Acceptor`).
+It never sees a key: only short-lived tokens.  When the AMP pipe closes (the
+master is gone) the worker exits within two seconds.  Logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.protocol import connectionDone
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+    textFileLogObserver,
+)
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+from hcm_twisted.agent.commands import Drain, GetStatus, SetHybridConnections, UpdateToken
+from hcm_twisted.agent.listener import HcSpec, Listener, TlsOptionsCache, default_endpoint_maker
+from hcm_twisted.agent.rendezvous import Acceptor
+from hcm_twisted.core.errors import MalformedInput
+
+EXIT_GRACE = 1.0  # seconds to close channels after the master went away
+
+
+@attrs.define(eq=False)
+class _Hc:
+    listener: Listener
+    acceptor: Acceptor
+
+
+@attrs.define(eq=False)
+class Worker:
+    """The set of Hybrid Connections this worker listens on."""
+
+    reactor: Any
+    pid: int = attrs.field(factory=os.getpid)
+    listener_options: dict[str, Any] = attrs.field(factory=dict)
+    _hcs: dict[str, _Hc] = attrs.field(factory=dict)
+    _draining: bool = False
+    _log = Logger()
+
+    def set_hybrid_connections(self, items: Any) -> None:
+        """Reconcile: open new names, close removed ones, update changed ones."""
+        if not isinstance(items, list):
+            raise MalformedInput("hcs: must be a list of hybrid connections")
+        wanted: dict[str, HcSpec] = {}
+        for item in items:
+            try:
+                spec = HcSpec.from_json(item)
+            except MalformedInput as e:
+                self._log.error("ignoring a hybrid connection: {error}", error=str(e))
+                continue
+            wanted[spec.name] = spec
+        for name in list(self._hcs):
+            if name not in wanted:
+                self._remove(name)
+        for name, spec in wanted.items():
+            hc = self._hcs.get(name)
+            if hc is None:
+                self._add(spec)
+            elif hc.listener.spec != spec:
+                hc.acceptor.spec = spec
+                hc.listener.update(spec)
+
+    def _add(self, spec: HcSpec) -> None:
+        tls_cache = TlsOptionsCache(spec.ca_certificates)
+        acceptor = Acceptor(
+            spec, self.reactor, relay_endpoints=default_endpoint_maker(self.reactor, tls_cache)
+        )
+        listener = Listener(
+            spec,
+            self.reactor,
+            on_accept=acceptor.accept,
+            on_request=acceptor.answer_request,
+            tls_cache=tls_cache,
+            **self.listener_options,
+        )
+        self._hcs[spec.name] = _Hc(listener, acceptor)
+        if not self._draining:
+            listener.start()
+        self._log.info("listening on hybrid connection {name}", name=spec.name)
+
+    def _remove(self, name: str) -> Deferred[None]:
+        hc = self._hcs.pop(name)
+        self._log.info("closing hybrid connection {name}", name=name)
+        d = hc.listener.stop()
+        hc.acceptor.close_all()
+        return d
+
+    def update_token(self, name: str, token: str) -> None:
+        hc = self._hcs.get(name)
+        if hc is None:
+            self._log.warn("a token for unknown hybrid connection {name}", name=name)
+            return
+        hc.listener.renew(token)
+
+    def status(self) -> dict[str, Any]:
+        hcs: dict[str, Any] = {}
+        for name, hc in self._hcs.items():
+            entry = hc.listener.status()
+            entry.update(hc.acceptor.counters())
+            hcs[name] = entry
+        return {"pid": self.pid, "hcs": hcs}
+
+    def drain(self, timeout: float) -> Deferred[None]:
+        """Stop accepting; let open connections finish for ``timeout`` s, then close them."""
+        self._draining = True
+        stops = [hc.listener.stop() for hc in self._hcs.values()]
+        waits = [hc.acceptor.drain(timeout) for hc in self._hcs.values()]
+        done: Deferred[Any] = DeferredList(stops + waits, consumeErrors=True)
+        return done.addCallback(lambda _: None)
+
+    def stop(self) -> Deferred[None]:
+        """Close every channel and connection (the worker is exiting)."""
+        stops = [self._remove(name) for name in list(self._hcs)]
+        if not stops:
+            return succeed(None)
+        done: Deferred[Any] = DeferredList(stops, consumeErrors=True)
+        return done.addCallback(lambda _: None)
+
+
+class WorkerProtocol(amp.AMP):
+    """The worker's end of the AMP pipe."""
+
+    _log = Logger()
+
+    def __init__(self, worker: Worker, on_lost: Any = None) -> None:
+        super().__init__()
+        self.worker = worker
+        self._on_lost = on_lost
+
+    @SetHybridConnections.responder
+    def set_hybrid_connections(self, hcs: Any) -> dict[str, Any]:
+        self.worker.set_hybrid_connections(hcs)
+        return {}
+
+    @UpdateToken.responder
+    def update_token(self, name: str, token: str) -> dict[str, Any]:
+        self.worker.update_token(name, token)
+        return {}
+
+    @GetStatus.responder
+    def get_status(self) -> dict[str, Any]:
+        return {"status": self.worker.status()}
+
+    @Drain.responder
+    def drain(self, timeout: float) -> Deferred[dict[str, Any]]:
+        return self.worker.drain(timeout).addCallback(lambda _: {})
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        super().connectionLost(reason)
+        if self._on_lost is not None:
+            self._on_lost()
+
+
+def _log_observer() -> ILogObserver:
+    return FilteringLogObserver(
+        textFileLogObserver(sys.stderr),
+        [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)],
+    )
+
+
+def main() -> None:
+    """Run a worker with AMP on fds 3 and 4 until the master goes away."""
+    import txaio
+    from twisted.internet import reactor as _reactor
+    from twisted.internet import stdio
+
+    reactor: Any = _reactor
+    globalLogBeginner.beginLoggingTo([_log_observer()], redirectStandardIO=False)
+    txaio.use_twisted()
+    txaio.set_global_log_level("info")  # type: ignore[attr-defined]
+    log = Logger(namespace="hcm_twisted.agent.worker")
+
+    from autobahn.websocket import USES_NVX
+
+    if not USES_NVX:
+        log.warn("autobahn runs without its native (NVX) WebSocket masking: expect lower throughput")
+
+    worker = Worker(reactor)
+    exiting: list[bool] = []
+
+    def master_gone() -> None:
+        if exiting:
+            return
+        exiting.append(True)
+        log.info("AMP pipe closed (master gone): exiting")
+        d = worker.stop()
+        timer = reactor.callLater(EXIT_GRACE, reactor.stop)
+
+        def stopped(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+                reactor.callLater(0, reactor.stop)
+
+        d.addBoth(stopped)
+
+    protocol = WorkerProtocol(worker, on_lost=master_gone)
+    stdio.StandardIO(protocol, stdin=3, stdout=4, reactor=reactor)  # type: ignore[call-arg]
+    log.info("hcm worker ready (pid {pid})", pid=os.getpid())
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()
