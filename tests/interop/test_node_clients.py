@@ -370,6 +370,14 @@ class HycoHttpsTests(NodeClientsMixin, unittest.TestCase):
         self.assertEqual(status, 200, body[:500])
         self.assertEqual(sha256(body), sha256(expected))
 
+    def test_small_response_in_many_writes(self) -> None:
+        """20 kB in 4 writes: a fragmented binary message on the control channel."""
+        expected = seeded_bytes("small-pieces", 20_000)
+        status, _, body = self.request(
+            self.https(), "GET", f"/{HC}/blob?size=20000&seed=small-pieces&writes=4")
+        self.assertEqual(status, 200, body[:500])
+        self.assertEqual(sha256(body), sha256(expected))
+
     def test_post_small(self) -> None:
         data = os.urandom(1000)
         status, _, body = self.request(
