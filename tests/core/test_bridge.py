@@ -10,7 +10,7 @@ import struct
 from typing import Any
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableDescriptor
+from twisted.internet.interfaces import IHalfCloseableDescriptor, IHalfCloseableProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -365,3 +365,194 @@ class FailureTests(SynchronousTestCase):
         ws.proto.dataReceived(close_frame(1011))
         ws.lose()
         self.assertTrue(bridge.done)
+
+
+# -- one real-socket check: app -> bridge -> WebSocket -> bridge -> endpoint ---------------
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol  # noqa: E402
+from twisted.internet import defer, endpoints, protocol  # noqa: E402
+from twisted.internet import reactor as _reactor  # noqa: E402
+from twisted.trial.unittest import TestCase  # noqa: E402
+
+from hcm_twisted.core.bridge import WebSocketLeg, tune_factory  # noqa: E402
+
+reactor: Any = _reactor
+
+
+class _Endpoint(protocol.Protocol):
+    """Echo (or hash) everything; the test can pause its reading."""
+
+    def __init__(self, owner: LoopbackTests) -> None:
+        self.owner = owner
+        self.hash = hashlib.sha256()
+        self.count = 0
+
+    def connectionMade(self) -> None:
+        self.owner.endpoints.append(self)
+        if self.owner.pause_endpoint:
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.hash.update(data)
+        self.count += len(data)
+        if self.owner.echo:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    def readConnectionLost(self) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        self.owner.endpoint_done.append(self)
+
+
+implementer(IHalfCloseableProtocol)(_Endpoint)
+
+
+class _ServerLeg(WebSocketLeg, WebSocketServerProtocol):  # type: ignore[misc]
+    owner: LoopbackTests
+
+    def onConnect(self, request: Any) -> None:
+        self.bridge = Bridge()
+        self.owner.far_bridges.append(self.bridge)
+        bridge = self.bridge
+        ep = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.owner.endpoint_port)
+        d = ep.connect(protocol.Factory.forProtocol(lambda: TcpLeg(bridge)))
+        d.addErrback(lambda f: bridge.fail(f.getErrorMessage()))
+
+
+class _Client(protocol.Protocol):
+    def __init__(self, payload: bytes, chunk: int = 65536) -> None:
+        self.payload = payload
+        self.chunk = chunk
+        self.received = hashlib.sha256()
+        self.count = 0
+        self.closed: defer.Deferred[None] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.payload)  # type: ignore[union-attr]
+        self.transport.loseWriteConnection()  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received.update(data)
+        self.count += len(data)
+
+    def readConnectionLost(self) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+        self.closed.callback(None)
+
+
+implementer(IHalfCloseableProtocol)(_Client)
+
+
+class LoopbackTests(TestCase):
+    """Two bridges back to back over real loopback sockets (what sender, relay and agent do)."""
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.echo = True
+        self.pause_endpoint = False
+        self.endpoints: list[_Endpoint] = []
+        self.endpoint_done: list[_Endpoint] = []
+        self.far_bridges: list[Bridge] = []
+        self.near_bridges: list[Bridge] = []
+        port = reactor.listenTCP(  # type: ignore[attr-defined]
+            0, protocol.Factory.forProtocol(lambda: _Endpoint(self)), interface="127.0.0.1"
+        )
+        self.addCleanup(port.stopListening)
+        self.endpoint_port = port.getHost().port
+        wsf = WebSocketServerFactory("ws://127.0.0.1")
+        owner = self
+
+        class Leg(_ServerLeg):
+            pass
+
+        Leg.owner = owner
+        wsf.protocol = Leg
+        tune_factory(wsf)
+        ws_port = reactor.listenTCP(0, wsf, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(ws_port.stopListening)
+        ws_url = f"ws://127.0.0.1:{ws_port.getHost().port}/$hc/hc1"
+
+        class AppSide(protocol.Factory):
+            def buildProtocol(self, addr: Any) -> TcpLeg:
+                bridge = Bridge()
+                owner.near_bridges.append(bridge)
+                f = BridgeClientFactory(ws_url, bridge)
+                reactor.connectTCP(  # type: ignore[attr-defined]
+                    "127.0.0.1", ws_port.getHost().port, f
+                )
+                return TcpLeg(bridge)
+
+        app_port = reactor.listenTCP(0, AppSide(), interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(app_port.stopListening)
+        self.app_port = app_port.getHost().port
+
+    @defer.inlineCallbacks
+    def tearDown(self) -> Any:  # type: ignore[override]
+        yield defer.gatherResults([b.when_done() for b in self.near_bridges + self.far_bridges])
+        for _ in range(100):
+            if len(self.endpoint_done) == len(self.endpoints):
+                break
+            yield deferLater(0.01)
+        cancel_batched_timers()
+
+    def connect(self, payload: bytes) -> defer.Deferred[_Client]:
+        client = _Client(payload)
+        ep = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.app_port)
+        return endpoints.connectProtocol(ep, client).addCallback(lambda _: client)
+
+    @defer.inlineCallbacks
+    def test_echo_byte_exact_with_half_close(self) -> Any:
+        payload = os.urandom(8 << 20)
+        client = yield self.connect(payload)
+        yield client.closed
+        self.assertEqual(client.count, len(payload))
+        self.assertEqual(client.received.hexdigest(), hashlib.sha256(payload).hexdigest())
+        yield defer.gatherResults([b.when_done() for b in self.near_bridges + self.far_bridges])
+        near = self.near_bridges[0]
+        self.assertEqual((near.bytes_to_ws, near.bytes_to_tcp), (len(payload), len(payload)))
+
+    @defer.inlineCallbacks
+    def test_slow_endpoint_pauses_the_app(self) -> Any:
+        """A stalled endpoint stops reading of the app: memory stays bounded."""
+        self.echo = False
+        self.pause_endpoint = True
+        payload = os.urandom(64 << 20)
+        client = yield self.connect(payload)
+        for _ in range(200):
+            yield deferLater(0.02)
+            if self.near_bridges and self.near_bridges[0].tcp_paused:
+                break
+        yield deferLater(0.3)
+        near, far = self.near_bridges[0], self.far_bridges[0]
+        self.assertTrue(near.tcp_paused)
+        self.assertTrue(far.ws_paused)
+        # Kernel socket buffers and two transport buffers hold the rest.
+        self.assertLess(near.bytes_to_ws, 24 << 20)
+        self.endpoints[0].transport.resumeProducing()  # type: ignore[union-attr]
+        yield client.closed
+        yield defer.gatherResults([b.when_done() for b in self.near_bridges + self.far_bridges])
+        self.assertEqual(self.endpoints[0].count, len(payload))
+        self.assertEqual(self.endpoints[0].hash.hexdigest(), hashlib.sha256(payload).hexdigest())
+
+
+def deferLater(seconds: float) -> defer.Deferred[None]:
+    from twisted.internet.task import deferLater as _later
+
+    return _later(reactor, seconds, lambda: None)  # type: ignore[arg-type]
+
+
+def cancel_batched_timers() -> None:
+    """autobahn's batched timers leave their bucket calls behind when cancelled."""
+    for call in reactor.getDelayedCalls():  # type: ignore[attr-defined]
+        if getattr(call.func, "__name__", "") == "_notify_bucket" and call.active():
+            call.cancel()
