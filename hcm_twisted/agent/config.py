@@ -1,0 +1,408 @@
+# -*- test-case-name: tests.agent.test_config -*-
+"""The agent's configuration file (``hcm.toml``).
+
+```toml
+[agent]
+workers = 0                      # 0 = one per CPU core
+admin = "unix:/run/hcm/admin.sock:mode=600"
+token-lifetime = 3600
+ca-certificates = "relay-ca.pem" # or a list; relative to this file's directory
+ping-interval = 30
+drain-timeout = 30
+log-format = "text"              # or "json"
+
+[[hybrid-connection]]
+name = "hc1"                     # defaults to the connection string's EntityPath
+connection-string = "Endpoint=sb://...;SharedAccessKeyName=...;SharedAccessKey=...;EntityPath=hc1"
+endpoint = "127.0.0.1:7001"      # optional; else read from the HC's user metadata
+```
+
+Every unknown or bad key is a :class:`MalformedInput` naming the key and the
+file.  :func:`load` gives a frozen :class:`AgentConfig`; the CLI edits the raw
+document (:func:`read_document`, :func:`write_document`), which is validated
+before it is written atomically with mode 0600.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import tomli_w
+
+from hcm_twisted.core import connstr
+from hcm_twisted.core.connstr import ConnectionString
+from hcm_twisted.core.errors import MalformedInput
+
+DEFAULT_CONFIG_PATH = "/etc/hcm/hcm.toml"
+LOG_FORMATS = ("text", "json")
+
+DEFAULT_TOKEN_LIFETIME = 3600.0
+DEFAULT_PING_INTERVAL = 30.0
+DEFAULT_DRAIN_TIMEOUT = 30.0
+DEFAULT_CONNECT_TIMEOUT = 20.0
+
+_AGENT_KEYS = frozenset(
+    {
+        "workers",
+        "admin",
+        "token-lifetime",
+        "ca-certificates",
+        "ping-interval",
+        "drain-timeout",
+        "log-format",
+    }
+)
+_HC_KEYS = frozenset({"name", "connection-string", "endpoint"})
+_TOP_KEYS = frozenset({"agent", "hybrid-connection"})
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,259}$")
+
+
+@attrs.frozen(repr=False)
+class HybridConnectionConfig:
+    """One ``[[hybrid-connection]]``; ``repr`` never shows the key."""
+
+    name: str
+    connection_string: ConnectionString
+    endpoint: str | None = None
+
+    @property
+    def entity(self) -> str:
+        """The HC path on the relay (EntityPath)."""
+        return self.connection_string.entity_path or self.name
+
+    def __repr__(self) -> str:
+        return (
+            f"<HybridConnectionConfig {self.name} {self.connection_string.masked()}"
+            f" endpoint={self.endpoint}>"
+        )
+
+    def to_document(self) -> dict[str, str]:
+        """The TOML table for this HC (with the key: for the config file only)."""
+        doc = {"name": self.name, "connection-string": self.connection_string.render()}
+        if self.endpoint is not None:
+            doc["endpoint"] = self.endpoint
+        return doc
+
+
+@attrs.frozen
+class AgentConfig:
+    """The whole agent configuration, paths made absolute."""
+
+    path: Path
+    admin: str
+    workers: int = 0
+    token_lifetime: float = DEFAULT_TOKEN_LIFETIME
+    ca_certificates: tuple[str, ...] = ()
+    ping_interval: float = DEFAULT_PING_INTERVAL
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    log_format: str = "text"
+    hybrid_connections: tuple[HybridConnectionConfig, ...] = ()
+
+    def worker_count(self) -> int:
+        """``workers``, with 0 meaning one per usable CPU core."""
+        if self.workers:
+            return self.workers
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except (AttributeError, OSError):  # pragma: no cover (not Linux)
+            return max(1, os.cpu_count() or 1)
+
+    def get(self, name: str) -> HybridConnectionConfig | None:
+        for hc in self.hybrid_connections:
+            if hc.name == name:
+                return hc
+        return None
+
+
+def default_admin(config_path: Path) -> str:
+    """A unix socket next to the config file, mode 0600."""
+    sock = config_path.resolve().parent / (config_path.stem + ".sock")
+    return f"unix:{escape_endpoint_value(str(sock))}:mode=600"
+
+
+def escape_endpoint_value(value: str) -> str:
+    """Escape ``\\`` and ``:`` for a Twisted endpoint string."""
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def parse_endpoint(text: str, what: str = "endpoint") -> tuple[str, int]:
+    """``"host:port"`` (IPv6 in brackets) to ``(host, port)``; :class:`MalformedInput` else."""
+    if not isinstance(text, str) or not text.strip():
+        raise MalformedInput(f"{what}: must be 'host:port'")
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise MalformedInput(f"{what}: {text!r} is not '[v6-address]:port'")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or ":" in host:
+            raise MalformedInput(f"{what}: {text!r} is not 'host:port'")
+    if not host or any(c.isspace() or c in "/?#@" for c in host):
+        raise MalformedInput(f"{what}: {text!r} has no valid host")
+    if not port_text.isascii() or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise MalformedInput(f"{what}: {text!r} has no valid port (1-65535)")
+    return host, int(port_text)
+
+
+def _where(path: Path) -> str:
+    return str(path)
+
+
+def _number(
+    table: Mapping[str, Any], key: str, default: float, where: str, minimum: float,
+    maximum: float, integer: bool = False,
+) -> Any:
+    if key not in table:
+        return default
+    value = table[key]
+    ok = isinstance(value, int) or (not integer and isinstance(value, float))
+    if isinstance(value, bool) or not ok:
+        kind = "an integer" if integer else "a number"
+        raise MalformedInput(f"{where}: [agent] {key}: must be {kind}")
+    if not minimum <= value <= maximum:
+        raise MalformedInput(f"{where}: [agent] {key}: must be between {minimum:g} and {maximum:g}")
+    return value if integer else float(value)
+
+
+def _join(label: str, text: str) -> str:
+    return f"{label}: {text}" if label else text
+
+
+def _parse_hc(item: Any, label: str, where: str = "") -> HybridConnectionConfig:
+    if not isinstance(item, dict):
+        raise MalformedInput(_join(label, "must be a table"))
+    for key in item:
+        if key not in _HC_KEYS:
+            raise MalformedInput(_join(label, f"unknown key {key!r}"))
+    text = item.get("connection-string")
+    if not isinstance(text, str) or not text.strip():
+        raise MalformedInput(_join(label, "connection-string: missing or not text"))
+    try:
+        cs = connstr.parse(text)
+    except MalformedInput as e:
+        detail = str(e).removeprefix("connection string: ")
+        raise MalformedInput(_join(label, f"connection-string: {detail}")) from None
+    if cs.key is None and cs.sas is None:
+        raise MalformedInput(
+            _join(
+                label,
+                "connection-string: needs SharedAccessKeyName/SharedAccessKey"
+                " or SharedAccessSignature",
+            )
+        )
+    name = item.get("name", cs.entity_path)
+    if name is None:
+        raise MalformedInput(
+            _join(label, "name: missing (and the connection string has no EntityPath)")
+        )
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise MalformedInput(
+            _join(label, f"name: {name!r} is not a valid name (letters, digits, '.', '_', '-', '/')")
+        )
+    if where:
+        label = f"{where}: [[hybrid-connection]] {name!r}"
+    if cs.entity_path is None:
+        cs = cs.with_entity(name)
+    endpoint = item.get("endpoint")
+    if endpoint is not None:
+        try:
+            parse_endpoint(endpoint)
+        except MalformedInput as e:
+            raise MalformedInput(_join(label, str(e))) from None
+        endpoint = endpoint.strip()
+    return HybridConnectionConfig(name=name, connection_string=cs, endpoint=endpoint)
+
+
+def parse_document(doc: Mapping[str, Any], path: Path) -> AgentConfig:
+    """Validate a parsed TOML document."""
+    where = _where(path)
+    for key in doc:
+        if key not in _TOP_KEYS:
+            raise MalformedInput(f"{where}: unknown key {key!r} (expected [agent] or [[hybrid-connection]])")
+    agent = doc.get("agent", {})
+    if not isinstance(agent, dict):
+        raise MalformedInput(f"{where}: agent: must be a table ([agent])")
+    for key in agent:
+        if key not in _AGENT_KEYS:
+            raise MalformedInput(f"{where}: [agent]: unknown key {key!r}")
+    workers = _number(agent, "workers", 0, where, 0, 1024, integer=True)
+    token_lifetime = _number(agent, "token-lifetime", DEFAULT_TOKEN_LIFETIME, where, 60, 7 * 86400)
+    ping_interval = _number(agent, "ping-interval", DEFAULT_PING_INTERVAL, where, 1, 3600)
+    drain_timeout = _number(agent, "drain-timeout", DEFAULT_DRAIN_TIMEOUT, where, 0, 3600)
+    admin = agent.get("admin")
+    if admin is None:
+        admin = default_admin(path)
+    elif not isinstance(admin, str) or not admin.strip() or ":" not in admin:
+        raise MalformedInput(
+            f"{where}: [agent] admin: must be a Twisted endpoint string like 'unix:/run/hcm/admin.sock:mode=600'"
+        )
+    log_format = agent.get("log-format", "text")
+    if log_format not in LOG_FORMATS:
+        raise MalformedInput(f"{where}: [agent] log-format: must be one of {', '.join(LOG_FORMATS)}")
+    cas = agent.get("ca-certificates", [])
+    if isinstance(cas, str):
+        cas = [cas]
+    if not isinstance(cas, list) or not all(isinstance(c, str) and c for c in cas):
+        raise MalformedInput(f"{where}: [agent] ca-certificates: must be a path or a list of paths")
+    base = path.resolve().parent
+    ca_paths = tuple(str((base / os.path.expanduser(c)).resolve()) for c in cas)
+
+    items = doc.get("hybrid-connection", [])
+    if not isinstance(items, list):
+        raise MalformedInput(f"{where}: hybrid-connection: must be an array of tables ([[hybrid-connection]])")
+    hcs: list[HybridConnectionConfig] = []
+    seen: set[str] = set()
+    for index, item in enumerate(items, 1):
+        hc = _parse_hc(item, f"{where}: [[hybrid-connection]] #{index}", where)
+        if hc.name in seen:
+            raise MalformedInput(f"{where}: [[hybrid-connection]] #{index}: name {hc.name!r} is used twice")
+        seen.add(hc.name)
+        hcs.append(hc)
+    return AgentConfig(
+        path=path,
+        admin=admin.strip(),
+        workers=workers,
+        token_lifetime=token_lifetime,
+        ca_certificates=ca_paths,
+        ping_interval=ping_interval,
+        drain_timeout=drain_timeout,
+        log_format=log_format,
+        hybrid_connections=tuple(hcs),
+    )
+
+
+def parse_text(text: str, path: Path) -> AgentConfig:
+    return parse_document(_loads(text, path), path)
+
+
+def _loads(text: str, path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise MalformedInput(f"{_where(path)}: not valid TOML ({e})") from None
+
+
+def read_document(path: str | Path, missing_ok: bool = False) -> dict[str, Any]:
+    """The raw TOML document; ``{}`` for a missing file when ``missing_ok``."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        if missing_ok:
+            return {}
+        raise MalformedInput(f"{p}: no such config file") from None
+    except OSError as e:
+        raise MalformedInput(f"{p}: cannot read ({e.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedInput(f"{p}: not UTF-8 text") from None
+    return _loads(text, p)
+
+
+def load(path: str | Path) -> AgentConfig:
+    """Read and validate the config file."""
+    p = Path(path)
+    return parse_document(read_document(p), p)
+
+
+def write_document(path: str | Path, doc: Mapping[str, Any]) -> AgentConfig:
+    """Validate ``doc`` and write it atomically (temp file, fsync, rename), mode 0600.
+
+    On any error the old file is left as it was.
+    """
+    p = Path(path)
+    text = tomli_w.dumps(dict(doc))
+    config = parse_text(text, p)
+    directory = p.parent if str(p.parent) else Path(".")
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=directory)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # pragma: no cover (some filesystems refuse a directory fsync)
+        pass
+    return config
+
+
+def with_hybrid_connection(doc: Mapping[str, Any], hc: HybridConnectionConfig) -> dict[str, Any]:
+    """A copy of ``doc`` with ``hc`` appended; :class:`MalformedInput` if the name is taken."""
+    items = list(doc.get("hybrid-connection", []))
+    for item in items:
+        if isinstance(item, dict) and _item_name(item) == hc.name:
+            raise MalformedInput(f"hybrid connection {hc.name!r} already exists")
+    out = dict(doc)
+    out["hybrid-connection"] = [*items, hc.to_document()]
+    return out
+
+
+def without_hybrid_connection(doc: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """A copy of ``doc`` without HC ``name``; :class:`MalformedInput` if there is none."""
+    items = list(doc.get("hybrid-connection", []))
+    kept = [i for i in items if not (isinstance(i, dict) and _item_name(i) == name)]
+    if len(kept) == len(items):
+        raise MalformedInput(f"no hybrid connection named {name!r}")
+    out = dict(doc)
+    if kept:
+        out["hybrid-connection"] = kept
+    else:
+        out.pop("hybrid-connection", None)
+    return out
+
+
+def _item_name(item: Mapping[str, Any]) -> str | None:
+    name = item.get("name")
+    if isinstance(name, str):
+        return name
+    try:
+        return connstr.parse(item.get("connection-string", "")).entity_path
+    except MalformedInput:
+        return None
+
+
+def make_hybrid_connection(
+    connection_string: str | ConnectionString,
+    name: str | None = None,
+    endpoint: str | None = None,
+) -> HybridConnectionConfig:
+    """Build and validate one HC the way the config file would."""
+    cs = connection_string if isinstance(connection_string, ConnectionString) else None
+    item: dict[str, Any] = {
+        "connection-string": cs.render() if cs is not None else connection_string
+    }
+    if name is not None:
+        item["name"] = name
+    if endpoint is not None:
+        item["endpoint"] = endpoint
+    return _parse_hc(item, "")
+
+
+def ca_paths_exist(paths: Sequence[str]) -> None:
+    for p in paths:
+        if not Path(p).is_file():
+            raise MalformedInput(f"ca-certificates: {p} does not exist")
