@@ -200,6 +200,8 @@ class Acceptor:
             lambda f: self._endpoint_failed(pending, f),
         )
 
+        if pending.rejected or bridge.done:
+            return  # the endpoint failed at once (and was rejected)
         subprotocol = first_subprotocol(accept.connect_headers)
         ws_factory = BridgeClientFactory(
             accept.address,

@@ -32,8 +32,14 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from hcm_twisted.agent.commands import Drain, GetStatus, SetHybridConnections, UpdateToken
-from hcm_twisted.agent.listener import HcSpec, Listener, TlsOptionsCache, default_endpoint_maker
-from hcm_twisted.agent.rendezvous import Acceptor
+from hcm_twisted.agent.listener import (
+    EndpointMaker,
+    HcSpec,
+    Listener,
+    TlsOptionsCache,
+    default_endpoint_maker,
+)
+from hcm_twisted.agent.rendezvous import Acceptor, TcpEndpointMaker
 from hcm_twisted.core.errors import MalformedInput
 
 EXIT_GRACE = 1.0  # seconds to close channels after the master went away
@@ -51,7 +57,11 @@ class Worker:
 
     reactor: Any
     pid: int = attrs.field(factory=os.getpid)
+    #: Extra Listener arguments (tests: ``rng``, ``wallclock``).
     listener_options: dict[str, Any] = attrs.field(factory=dict)
+    #: Client endpoints to the relay and to endpoints (tests replace them).
+    relay_endpoints: EndpointMaker | None = None
+    tcp_endpoints: TcpEndpointMaker | None = None
     _hcs: dict[str, _Hc] = attrs.field(factory=dict)
     _draining: bool = False
     _log = Logger()
@@ -81,14 +91,16 @@ class Worker:
 
     def _add(self, spec: HcSpec) -> None:
         tls_cache = TlsOptionsCache(spec.ca_certificates)
+        relay = self.relay_endpoints or default_endpoint_maker(self.reactor, tls_cache)
         acceptor = Acceptor(
-            spec, self.reactor, relay_endpoints=default_endpoint_maker(self.reactor, tls_cache)
+            spec, self.reactor, relay_endpoints=relay, tcp_endpoints=self.tcp_endpoints
         )
         listener = Listener(
             spec,
             self.reactor,
             on_accept=acceptor.accept,
             on_request=acceptor.answer_request,
+            endpoint_maker=relay,
             tls_cache=tls_cache,
             **self.listener_options,
         )

@@ -78,7 +78,7 @@ class ListenerTestBase(SynchronousTestCase):
 
     def next_delay(self) -> float:
         calls = self.clock.getDelayedCalls()
-        retries = [c for c in calls if "_reconnect" in repr(c.func) or "reconnect" in repr(c)]
+        retries = [c for c in calls if "reconnect" in repr(c)]
         self.assertEqual(len(retries), 1, calls)
         return retries[0].getTime() - self.clock.seconds()
 

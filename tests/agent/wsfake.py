@@ -14,6 +14,7 @@ import struct
 from typing import Any
 
 import txaio
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
@@ -26,9 +27,10 @@ GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 def use_clock(case: SynchronousTestCase, clock: MemoryReactorClock) -> None:
     """Send autobahn's timers (txaio) to ``clock`` for the duration of the test."""
-    old = txaio.config.loop
-    txaio.config.loop = clock
-    case.addCleanup(setattr, txaio.config, "loop", old)
+    config: Any = txaio.config  # type: ignore[attr-defined]
+    old = config.loop
+    config.loop = clock
+    case.addCleanup(setattr, config, "loop", old)
 
 
 def parse_request(data: bytes) -> tuple[str, dict[str, str]]:
@@ -123,7 +125,7 @@ class FakeEndpoint:
             d: Deferred[IProtocol] = Deferred()
             self.owner.held.append((d, factory))
             return d
-        proto = factory.buildProtocol(None)
+        proto = factory.buildProtocol(IPv4Address("TCP", self.host, self.port))
         assert proto is not None
         transport = LenientTransport()
         self.owner.connections.append((proto, transport))
