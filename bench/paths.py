@@ -280,15 +280,14 @@ def hcm(endpoint_port: int, workdir: FsPath, workers: int = 1) -> Iterator[Path]
         sender = harness.twist("hcm-sender", sender_cfg, cwd=d, name="sender")
         wait_port(sender_port)
         _probe_echo(sender_port, timeout=30)
-        a, s = agent, sender
-        assert a is not None and s is not None
+        a_pid, s_pid, r_pid = agent.pid, sender.pid, relay.proc.pid  # type: ignore[union-attr]
         yield Path(
             "hcm", sender_port,
             roles={
-                "agent worker": lambda: _worker_pids(a.pid),
-                "agent master": lambda: [a.pid],
-                "relay": lambda: [relay.proc.pid],
-                "sender": lambda: [s.pid],
+                "agent worker": lambda: _worker_pids(a_pid),
+                "agent master": lambda: [a_pid],
+                "relay": lambda: [r_pid],
+                "sender": lambda: [s_pid],
             },
             forwarder="agent worker", rss_role="agent worker", hold=True,
             notes={"workers": workers, "logs": str(d)},
