@@ -263,7 +263,8 @@ def hcm(endpoint_port: int, workdir: FsPath, workers: int = 1) -> Iterator[Path]
         agent = harness.twist("hcm", agent_cfg, cwd=d, name="agent")
         agent.wait_log("hcm agent ready", timeout=30)
         deadline = time.monotonic() + 30
-        while agent.output().count("control channel connected") < workers:
+        while sum("control channel connected" in line
+                  for line in agent.output().splitlines()) < workers:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"agent workers not connected:\n{agent.output()[-3000:]}")
             time.sleep(0.1)
