@@ -281,6 +281,27 @@ class HycoWsTests(NodeClientsMixin, unittest.TestCase):
         self.assertEqual(result["received_sha256"], result["sent_sha256"])
         self.assertEqual(self.listener_closed(1)["protocol"], "chat")
 
+    def test_accept_message_seen_by_the_listener(self) -> None:
+        """Token in the query, a suffix, an app query and a custom header (spec sections 5, 14)."""
+        result = self.run_sender({
+            "url": f"{self.ws_base}/sub/path?app=1&sb-hc-action=connect",
+            "tokenUrl": self.ws_base, "tokenIn": "query", "headers": {"X-Custom": "hello"},
+            "mode": "echo", "size": 100_000,
+        })
+        self.assertEqual(result["received_sha256"], result["sent_sha256"])
+        accept = self.wait_event(self.listener, lambda e: e.get("event") == "accept", 5)
+        headers = {k.lower(): v for k, v in accept["connectHeaders"].items()}
+        self.assertTrue(headers.get("sec-websocket-key"), headers)
+        self.assertEqual(headers.get("x-custom"), "hello")
+        self.assertNotIn("servicebusauthorization", headers)
+        address = accept["address"]
+        self.assertTrue(address.startswith(f"wss://localhost:{self.relay.port}/$hc/{HC}/sub/path?"),
+                        address)
+        self.assertIn("app=1", address)
+        self.assertIn("sb-hc-action=accept", address)
+        self.assertNotIn("sb-hc-token", address)
+        self.assertEqual(self.listener_closed(1)["received_sha256"], result["sent_sha256"])
+
     def test_sender_with_wrong_key_is_refused(self) -> None:
         """A token signed with the wrong key fails the sender's handshake with 401."""
         wrong = "d3Jvbmcta2V5LWZvci10ZXN0cy1vbmx5LTMzMzMzMzMzMw=="

@@ -13,7 +13,8 @@
 //   {"mode": "reply", "expect": N, "size": M}  send M random bytes of our own (while receiving).
 // When N bytes arrived (and our own bytes are sent) we send one text message with our counts and
 // sha256 digests; the sender closes.  Printed (stdout, one JSON object per line):
-//   {"event": "listening"}, {"event": "connection", ...}, {"event": "closed", ...digests...}
+//   {"event": "listening"}, {"event": "accept", ...the accept message...},
+//   {"event": "connection", ...}, {"event": "closed", ...digests...}
 
 const crypto = require('crypto');
 const WebSocket = require('hyco-ws');
@@ -110,7 +111,26 @@ const server = WebSocket.createRelayedServer(
   }
 );
 
-server.on('listening', () => emit({ event: 'listening' }));
+server.on('listening', () => {
+  // Also show what the relay sent on the control channel (hyco-ws does not expose it).
+  server.controlChannel.on('message', (data) => {
+    let message;
+    try {
+      message = JSON.parse(String(data));
+    } catch (e) {
+      emit({ event: 'control-message', text: String(data).slice(0, 200) });
+      return;
+    }
+    if (message.accept) {
+      emit({
+        event: 'accept', address: message.accept.address, id: message.accept.id,
+        connectHeaders: message.accept.connectHeaders,
+        remoteEndpoint: message.accept.remoteEndpoint || null,
+      });
+    }
+  });
+  emit({ event: 'listening' });
+});
 server.on('error', (err) => {
   emit({ event: 'control-error', message: String(err && err.message ? err.message : err) });
 });

@@ -3,7 +3,7 @@
 //
 //   HCM_INTEROP_KEY=<send key> node ws_sender.js '{"url": "wss://localhost:PORT/$hc/hc1?sb-hc-action=connect",
 //       "keyName": "defaultSender", "mode": "echo"|"reply", "size": N, "replySize": M, "timeout": 60,
-//       "protocols": ["chat", "superchat"] (optional)}'
+//       "protocols": ["chat", "superchat"], "headers": {...}, "tokenIn": "header"|"query" (optional)}'
 //
 // Sends N random bytes (binary messages of 1 B .. 64 KiB plus one of 300 KiB) after a text hello
 // (see ws_listener.js), receives the echo (mode "echo") or the listener's own M bytes (mode
@@ -33,7 +33,16 @@ const started = Date.now();
 deadline(cfg.timeout || 60, () =>
   `opened=${opened} sent=${sent.bytes} received=${received.bytes} stats=${listenerStats !== null}`);
 
-const token = WebSocket.createRelayToken(cfg.url, cfg.keyName, cfg.key);
+// "tokenIn": "header" (default: ServiceBusAuthorization, as relayedConnect does) or "query"
+// (sb-hc-token appended the way createRelaySendUri() does).  The token signs "tokenUrl"
+// (default: "url"); createRelayToken() keeps any suffix path, and a token for a path *below* the
+// HC does not authorize the HC, so tests with a suffix pass the HC's own URL there.
+const tokenInQuery = cfg.tokenIn === 'query';
+const signed = WebSocket.createRelayToken(cfg.tokenUrl || cfg.url, cfg.keyName, cfg.key);
+const url = tokenInQuery ? cfg.url + '&sb-hc-token=' + encodeURIComponent(signed) : cfg.url;
+const token = tokenInQuery ? null : signed;
+const headers = token ? { ServiceBusAuthorization: token } : {};
+if (cfg.headers) Object.assign(headers, cfg.headers);
 const onOpen = () => {
   opened = true;
   const expect = size;
@@ -53,11 +62,11 @@ const onOpen = () => {
     left -= len;
   }
 };
-// relayedConnect() offers no subprotocols; with "protocols" we use hyco-ws's ws 1.1.5 directly,
-// exactly as relayedConnect() does but with a protocol list.
-const ws = cfg.protocols
-  ? new WebSocket(cfg.url, cfg.protocols, { headers: { ServiceBusAuthorization: token } })
-  : WebSocket.relayedConnect(cfg.url, token);
+// relayedConnect() offers no subprotocols and no extra headers; with "protocols" or "headers" we
+// use hyco-ws's ws 1.1.5 directly, exactly as relayedConnect() does but with those added.
+const ws = cfg.protocols || cfg.headers
+  ? new WebSocket(url, cfg.protocols || null, { headers: headers })
+  : WebSocket.relayedConnect(url, token);
 ws.on('open', onOpen);
 
 const wanted = () => (mode === 'echo' ? size : replySize);
