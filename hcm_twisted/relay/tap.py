@@ -1,6 +1,104 @@
+# -*- test-case-name: tests.relay.test_tap -*-
+"""``twistd hcm-relay --config PATH``: the local Azure Relay Hybrid Connections stand-in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn import websocket as _autobahn_websocket
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import endpoints
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
 from twisted.python import usage
+
+from hcm_twisted.core.errors import MalformedInput
+from hcm_twisted.relay.namespace import DEFAULT_ENDPOINT, Namespace, RelayConfig, load_config
+
+_log = Logger(namespace="hcm_twisted.relay")
+
+
 class Options(usage.Options):
-    optParameters = [["config", "c", None, "config"]]
-def makeService(config):
-    from twisted.application.service import MultiService
-    return MultiService()
+    optParameters = [["config", "c", None, "Path of the relay's TOML configuration file."]]
+
+    def postOptions(self) -> None:
+        if not self["config"]:
+            raise usage.UsageError("--config PATH is required")
+        try:
+            self["relay-config"] = load_config(self["config"])
+        except MalformedInput as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def _has_cert(endpoint: str) -> bool:
+    return "certkey=" in endpoint.lower()
+
+
+def endpoint_description(config: RelayConfig) -> tuple[str, str | None]:
+    """The server endpoint string to listen on and the CA file made for it (if any).
+
+    Without TLS material (no ``endpoint``, or an ``ssl:`` one without
+    ``certKey``) a private CA and server certificate are created beside the
+    state file and used.
+    """
+    from hcm_twisted.core.tls import ensure_private_ca
+
+    desc = config.endpoint or DEFAULT_ENDPOINT
+    if desc.lower().startswith("ssl:") and not _has_cert(desc):
+        ca, cert, key = ensure_private_ca(config.state_dir, list(config.hosts))
+        desc = f"{desc}:privateKey={_escape(str(key))}:certKey={_escape(str(cert))}"
+        return desc, str(ca)
+    return desc, None
+
+
+def _escape(path: str) -> str:
+    return path.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+
+class RelayService(service.MultiService):
+    """Opens the namespace and listens; logs ``hcm-relay listening on ...`` when ready."""
+
+    def __init__(self, config: RelayConfig, reactor: Any = None) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.reactor = reactor
+        self.relay_config = config
+        self.namespace = Namespace.open(config)
+        from hcm_twisted.relay.server import build
+
+        self.hub, self.factory = build(self.namespace, reactor)
+        desc, self.ca_path = endpoint_description(config)
+        self._endpoint = endpoints.serverFromString(reactor, desc)
+        self.port_service = StreamServerEndpointService(self._endpoint, self.factory)
+        self.port_service._raiseSynchronously = True
+        self.port_service.setServiceParent(self)
+
+    def startService(self) -> None:
+        if not _autobahn_websocket.USES_NVX:
+            _log.warn("autobahn NVX acceleration is not in use: WebSocket masking will be slow")
+        if self.ca_path:
+            _log.info("hcm-relay private CA: {path}", path=self.ca_path)
+        super().startService()
+        d = self.port_service._waitingForPort
+        if d is not None:
+            d.addCallback(self._listening)
+
+    def _listening(self, port: IListeningPort) -> IListeningPort:
+        host = port.getHost()
+        _log.info(
+            "hcm-relay listening on {host}:{port} (namespace {ns}, {n} hybrid connections)",
+            host=getattr(host, "host", "?"), port=getattr(host, "port", "?"),
+            ns=self.relay_config.namespace, n=len(self.relay_config.hybrid_connections),
+        )
+        return port
+
+
+def makeService(options: usage.Options) -> service.MultiService:
+    config = options["relay-config"] if "relay-config" in options else None
+    if config is None:
+        config = load_config(options["config"])
+    return RelayService(config)

@@ -1,0 +1,303 @@
+"""End to end: a real ``hcm-relay`` process, WebSocket listeners and senders over TLS."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from tests.e2e import relayclient as rc
+from tests.e2e.harness import TEST_KEYS
+from tests.e2e.relayfixture import Relay, start_relay
+
+LISTEN_KEY = TEST_KEYS["defaultListener"]
+SEND_KEY = TEST_KEYS["defaultSender"]
+
+
+class RelayTestCase(unittest.TestCase):
+    timeout = 60
+    extra_toml = ""
+    hcs: tuple[str | dict[str, object], ...] = ("hc1",)
+
+    def setUp(self) -> None:
+        self.relay: Relay = start_relay(Path(self.mktemp()), self.hcs, self.extra_toml)
+        self.addCleanup(self.relay.stop)
+        self.port = self.relay.port
+        self.ca = str(self.relay.ca_path)
+        self.clients: list[rc.Client] = []
+        self.addCleanup(self._drop_clients)
+
+    def _drop_clients(self) -> None:
+        for c in self.clients:
+            if c.transport is not None and c.state != c.STATE_CLOSED:
+                c.transport.abortConnection()
+
+    def listen_token(self, hc: str = "hc1", lifetime: float = 3600) -> str:
+        return rc.token(self.port, hc, "defaultListener", LISTEN_KEY, lifetime)
+
+    def send_token(self, hc: str = "hc1", lifetime: float = 3600) -> str:
+        return rc.token(self.port, hc, "defaultSender", SEND_KEY, lifetime)
+
+    async def connect(self, url: str, headers: dict[str, str] | None = None,
+                      protocols: list[str] | None = None) -> rc.Client:
+        client = await rc.connect(url, self.ca, headers, protocols)
+        self.clients.append(client)
+        return client
+
+    async def listen(self, hc: str = "hc1", token: str | None = None, id: str | None = None,
+                     ) -> rc.Client:
+        tok = token or self.listen_token(hc)
+        return await self.connect(rc.listen_url(self.port, hc, id=id),
+                                  {"ServiceBusAuthorization": tok})
+
+    async def handshake_error(self, d: defer.Deferred[rc.Client]) -> rc.HandshakeFailed:
+        try:
+            client = await d
+        except rc.HandshakeFailed as e:
+            return e
+        self.clients.append(client)
+        self.fail("the handshake succeeded")
+
+    async def pair(self, protocols: list[str] | None = None, extra: dict[str, str] | None = None,
+                   ) -> tuple[rc.Client, rc.Client, rc.Client, dict[str, object]]:
+        """listener, sender, rendezvous leg, accept message."""
+        listener = await self.listen()
+        headers = {"ServiceBusAuthorization": self.send_token(), **(extra or {})}
+        sender_d = rc.connect(
+            rc.connect_url(self.port, "hc1", id="sender-id-1", suffix="/sub/path",
+                           query="app=1&x=y%20z"),
+            self.ca, headers, protocols,
+        )
+        accept = (await listener.json())["accept"]
+        self.assertFalse(sender_d.called, "the sender's upgrade must wait for the listener")
+        rdv = await self.connect(accept["address"], protocols=protocols[:1] if protocols else None)
+        sender = await sender_d
+        self.clients.append(sender)
+        return listener, sender, rdv, accept
+
+
+class ConnectTests(RelayTestCase):
+    async def test_accept_message(self) -> None:
+        """The accept message carries the sender's headers, id, suffix and query."""
+        _, sender, rdv, accept = await self.pair(
+            protocols=["chat", "superchat"], extra={"X-Custom-Header": "Value 1"}
+        )
+        self.assertEqual(accept["id"], "sender-id-1")
+        headers = accept["connectHeaders"]
+        assert isinstance(headers, dict)
+        self.assertIn("Sec-WebSocket-Key", headers)
+        self.assertEqual(headers.get("X-Custom-Header"), "Value 1")
+        self.assertNotIn("servicebusauthorization", {h.lower() for h in headers})
+        address = str(accept["address"])
+        self.assertTrue(address.startswith(f"wss://localhost:{self.port}/$hc/hc1/sub/path?"))
+        self.assertIn("app=1&x=y%20z&", address)
+        self.assertIn("sb-hc-action=accept", address)
+        self.assertNotIn("sb-hc-token", address)
+        remote = accept["remoteEndpoint"]
+        assert isinstance(remote, dict)
+        self.assertEqual(remote["address"], "127.0.0.1")
+        self.assertEqual(sender.response.protocol, "chat")
+        self.assertEqual(rdv.response.protocol, "chat")
+
+    async def test_round_trip_byte_exact(self) -> None:
+        """Several MB each way arrive byte-exact; text stays text; message boundaries kept."""
+        _, sender, rdv, _ = await self.pair()
+        size = 4 * 1024 * 1024
+        chunk = 256 * 1024 + 7
+
+        def blob(seed: int) -> bytes:
+            return hashlib.shake_256(seed.to_bytes(4, "big")).digest(size)
+
+        up, down = blob(1), blob(2)
+        n_up = n_down = 0
+        for i in range(0, size, chunk):
+            sender.sendMessage(up[i:i + chunk], isBinary=True)
+            rdv.sendMessage(down[i:i + chunk], isBinary=True)
+            n_up += 1
+            n_down += 1
+        sender.sendMessage("héllo text".encode(), isBinary=False)
+        rdv.sendMessage(b"", isBinary=True)
+
+        async def collect(client: rc.Client, count: int) -> tuple[bytes, list[int]]:
+            h = hashlib.sha256()
+            sizes = []
+            for _ in range(count):
+                payload, binary = await client.messages.get()
+                self.assertTrue(binary)
+                h.update(payload)
+                sizes.append(len(payload))
+            return h.digest(), sizes
+
+        got_up, sizes_up = await collect(rdv, n_up)
+        got_down, sizes_down = await collect(sender, n_down)
+        self.assertEqual(got_up, hashlib.sha256(up).digest())
+        self.assertEqual(got_down, hashlib.sha256(down).digest())
+        self.assertEqual(sizes_up[0], chunk)
+        self.assertEqual(sum(sizes_up), size)
+        self.assertEqual(await rdv.messages.get(), ("héllo text".encode(), False))
+        self.assertEqual(await sender.messages.get(), (b"", True))
+
+    async def test_close_propagates(self) -> None:
+        """A Close on one leg closes the other with the same code."""
+        _, sender, rdv, _ = await self.pair()
+        sender.sendClose(4001, "bye")
+        code, reason = await rdv.closed
+        self.assertEqual((code, reason), (4001, "bye"))
+        # The sender's close handshake is answered with the other side's reply.
+        code, _ = await sender.closed
+        self.assertEqual(code, 1000)
+        self.assertTrue(sender.wasClean)
+
+    async def test_half_close(self) -> None:
+        """After one leg's Close the other direction keeps flowing until the peer closes."""
+        _, sender, rdv, _ = await self.pair()
+        rdv.hold_close = True
+        sender.sendClose(4002, "half")
+        # The rendezvous leg holds its answer to the Close and can still send.
+        self.assertEqual(await rdv.held_close, (4002, b"half"))
+        rdv.sendMessage(b"late data", isBinary=True)
+        payload, binary = await sender.messages.get()
+        self.assertEqual((payload, binary), (b"late data", True))
+        rdv.sendCloseFrame(code=1000, isReply=True)
+        code, _ = await sender.closed
+        self.assertEqual(code, 1000)
+        self.assertTrue(sender.wasClean)
+
+    async def test_sender_drop_closes_leg_1001(self) -> None:
+        _, sender, rdv, _ = await self.pair()
+        sender.transport.abortConnection()
+        code, _ = await rdv.closed
+        self.assertEqual(code, 1001)
+
+    async def test_reject(self) -> None:
+        """Reject: 410 to the listener, the listener's code and description to the sender."""
+        listener = await self.listen()
+        sender_d = rc.connect(rc.connect_url(self.port, "hc1", tok=self.send_token()), self.ca)
+        accept = (await listener.json())["accept"]
+        url = (f"{accept['address']}&sb-hc-statusCode=401"
+               f"&sb-hc-statusDescription={quote('Status Description from test', safe='')}")
+        err = await self.handshake_error(rc.connect(url, self.ca))
+        self.assertEqual(err.status, 410)
+        err = await self.handshake_error(sender_d)
+        self.assertEqual((err.status, err.reason), (401, "Status Description from test"))
+
+    async def test_reject_unprefixed(self) -> None:
+        listener = await self.listen()
+        sender_d = rc.connect(rc.connect_url(self.port, "hc1", tok=self.send_token()), self.ca)
+        accept = (await listener.json())["accept"]
+        url = f"{accept['address']}&statusCode=503&statusDescription=busy"
+        err = await self.handshake_error(rc.connect(url, self.ca))
+        self.assertEqual(err.status, 410)
+        err = await self.handshake_error(sender_d)
+        self.assertEqual((err.status, err.reason), (503, "busy"))
+
+    async def test_accept_address_single_use(self) -> None:
+        _, _, _, accept = await self.pair()
+        err = await self.handshake_error(rc.connect(str(accept["address"]), self.ca))
+        self.assertEqual(err.status, 403)
+
+    async def test_no_listener_404(self) -> None:
+        err = await self.handshake_error(
+            rc.connect(rc.connect_url(self.port, "hc1", tok=self.send_token()), self.ca))
+        self.assertEqual(err.status, 404)
+        self.assertIn("Endpoint does not exist.", err.reason)
+        err = await self.handshake_error(
+            rc.connect(rc.connect_url(self.port, "nope", tok=self.send_token("nope")), self.ca))
+        self.assertEqual(err.status, 404)
+
+
+class AuthTests(RelayTestCase):
+    async def test_refusals(self) -> None:
+        """401 for a wrong key, an expired token and a wrong audience; 403 for a Listen key."""
+        await self.listen()
+        cases = [
+            (rc.token(self.port, "hc1", "defaultSender", "d3Jvbmcta2V5LXdyb25nLWtleQ=="), 401),
+            (rc.token(self.port, "hc1", "defaultSender", SEND_KEY, now=time.time() - 3600,
+                      lifetime=60), 401),
+            (rc.token(self.port, "other", "defaultSender", SEND_KEY), 401),
+            (rc.token(self.port, "hc1", "defaultListener", LISTEN_KEY), 403),
+            (None, 401),
+        ]
+        for tok, status in cases:
+            err = await self.handshake_error(rc.connect(
+                rc.connect_url(self.port, "hc1"), self.ca,
+                {"ServiceBusAuthorization": tok} if tok else None))
+            self.assertEqual(err.status, status, tok)
+        # Send rights are not enough to listen.
+        err = await self.handshake_error(rc.connect(
+            rc.listen_url(self.port, "hc1", tok=self.send_token()), self.ca))
+        self.assertEqual(err.status, 403)
+
+    async def test_namespace_rule_and_audiences(self) -> None:
+        """The namespace rule works; audiences with and without port and trailing slash."""
+        root = TEST_KEYS["RootManageSharedAccessKey"]
+        from hcm_twisted.core import sas
+
+        for aud in (f"http://localhost:{self.port}/hc1", "http://localhost/hc1/",
+                    "sb://localhost:443/hc1", "http://localhost/"):
+            tok = sas.mint(aud, "RootManageSharedAccessKey", root)
+            c = await self.listen(token=tok)
+            c.sendClose(1000)
+            await c.closed
+
+    async def test_max_listeners(self) -> None:
+        """25 listeners per HC; the 26th is refused with 403 MaximumListenersPerEndpoint."""
+        tok = self.listen_token()
+        for _ in range(25):
+            await self.listen(token=tok)
+        err = await self.handshake_error(rc.connect(
+            rc.listen_url(self.port, "hc1", tok=tok), self.ca))
+        self.assertEqual(err.status, 403)
+        self.assertIn("MaximumListenersPerEndpoint", err.reason)
+
+
+class RenewTests(RelayTestCase):
+    extra_toml = "token-grace = 1"
+
+    async def test_renew_keeps_channel_and_lapse_closes_1008(self) -> None:
+        """renewToken keeps a 3 s token channel alive past 8 s; without it: 1008."""
+        renewed = await self.listen(token=self.listen_token(lifetime=3))
+        lapsing = await self.listen(token=self.listen_token(lifetime=3))
+        start = time.monotonic()
+        while time.monotonic() - start < 8.5:
+            await rc.sleep(2.0)
+            msg = {"renewToken": {"token": self.listen_token(lifetime=3)}}
+            renewed.sendMessage(json.dumps(msg).encode(), isBinary=False)
+        self.assertTrue(lapsing.closed.called)
+        self.assertEqual(lapsing.close_code, 1008)
+        self.assertFalse(renewed.closed.called)
+        # A renewed channel still gets accepts.
+        sender_d = rc.connect(rc.connect_url(self.port, "hc1", tok=self.send_token()), self.ca)
+        accept = (await renewed.json())["accept"]
+        await self.connect(str(accept["address"]))
+        self.clients.append(await sender_d)
+
+    async def test_bad_renew_closes_1008(self) -> None:
+        listener = await self.listen()
+        listener.sendMessage(json.dumps({"renewToken": {"token": "SharedAccessSignature x=y"}})
+                             .encode(), isBinary=False)
+        code, _ = await listener.closed
+        self.assertEqual(code, 1008)
+
+    async def test_garbage_control_message_closes_one_connection(self) -> None:
+        bad = await self.listen()
+        good = await self.listen()
+        bad.sendMessage(b"{not json", isBinary=False)
+        code, _ = await bad.closed
+        self.assertEqual(code, 1008)
+        big = await self.listen()
+        big.sendMessage(b"x" * (70 * 1024), isBinary=False)
+        code, _ = await big.closed
+        self.assertEqual(code, 1009)
+        self.assertFalse(good.closed.called)
+        self.assertIsNone(self.relay.proc.popen.poll() if self.relay.proc else 1)
+
+
+if os.environ.get("HCM_SKIP_E2E"):
+    del ConnectTests, AuthTests, RenewTests
