@@ -259,11 +259,19 @@ class _Slot:
     last_exit: str | None = None
     restart_call: IDelayedCall | None = None
     retired: bool = False
+    stopping: Deferred[None] | None = None
 
     def cancel_restart(self) -> None:
         if self.restart_call is not None and self.restart_call.active():
             self.restart_call.cancel()
         self.restart_call = None
+
+
+@attrs.frozen
+class _NoAnswer:
+    """A worker did not answer ``GetStatus``."""
+
+    why: str
 
 
 def restart_delay(failures: int) -> float:
@@ -402,7 +410,15 @@ class Supervisor(service.Service):
         if proto is None or proto.exited:
             slot.state = STOPPED
             return defer.succeed(None)
+        if slot.stopping is not None:  # already on its way out (retired)
+            waiter: Deferred[None] = Deferred()
+            slot.stopping.addBoth(lambda _: waiter.callback(None))
+            return waiter
         slot.state = STOPPING
+        slot.stopping = self._drain_and_terminate(proto, timeout)
+        return slot.stopping
+
+    def _drain_and_terminate(self, proto: WorkerProcess, timeout: float) -> Deferred[None]:
 
         def terminate(_: object) -> Deferred[None]:
             if proto.exited:
@@ -548,8 +564,8 @@ class Supervisor(service.Service):
             removed=", ".join(sorted(before - after)) or "none",
         )
         if self.running:
-            self._resize(new.worker_count())
             self._push_all()
+            self._resize(new.worker_count())
         return new
 
     # ---- status ---------------------------------------------------------
@@ -565,7 +581,7 @@ class Supervisor(service.Service):
             d = proto.amp.callRemote(commands.GetStatus)
             d.addTimeout(STATUS_TIMEOUT, self.reactor)
             d.addCallback(lambda answer: answer["status"])
-            d.addErrback(lambda f: f)
+            d.addErrback(lambda f: _NoAnswer(f.getErrorMessage()))
             return d
 
         gathered: Deferred[Any] = defer.gatherResults([ask(s) for s in slots])
@@ -612,9 +628,9 @@ class Supervisor(service.Service):
             "restarts": slot.restarts,
             "last_exit": slot.last_exit,
         }
-        if isinstance(answer, Failure):
+        if isinstance(answer, _NoAnswer):
             entry["state"] = "unresponsive"
-            entry["last_error"] = answer.getErrorMessage()
+            entry["last_error"] = answer.why
         elif isinstance(answer, dict):
             hcs = answer.get("hcs")
             item = hcs.get(name) if isinstance(hcs, dict) else None
