@@ -37,7 +37,7 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from autobahn.websocket.types import ConnectionResponse
 from twisted.application.internet import ClientService
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IAddress,
@@ -51,7 +51,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from hcm_twisted.core import messages, sas, tls, urls
+from hcm_twisted.core import messages, proxy, sas, tls, urls
 from hcm_twisted.core.errors import MalformedInput
 
 BACKOFF: tuple[float, ...] = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -82,6 +82,10 @@ class HcSpec:
     ca_certificates: tuple[str, ...] = ()
     ping_interval: float = 30.0
     connect_timeout: float = 5.0
+    #: Egress proxy for relay connections: None = the environment decides
+    #: (``https_proxy``, ``no_proxy``), "none" = direct, or an ``http://`` URL.
+    proxy: str | None = None
+    no_proxy: str | None = None
 
     def __repr__(self) -> str:
         return f"<HcSpec {self.name} endpoint={self.endpoint!r}>"
@@ -111,8 +115,18 @@ class HcSpec:
             cas = [cas]
         if not isinstance(cas, list) or not all(isinstance(c, str) for c in cas):
             raise MalformedInput(f"{what}: 'ca_certificates' must be a list of paths")
+        proxy_url = obj.get("proxy")
+        no_proxy = obj.get("no_proxy")
+        if proxy_url is not None and not isinstance(proxy_url, str):
+            raise MalformedInput(f"{what}: 'proxy' must be a URL, \"none\" or null")
+        if no_proxy is not None and not isinstance(no_proxy, str):
+            raise MalformedInput(f"{what}: 'no_proxy' must be a string or null")
+        if proxy_url and proxy_url.strip().lower() not in ("none", "direct"):
+            proxy.parse_proxy_url(proxy_url, f"{what}: proxy")
         return cls(
             name=name,
+            proxy=proxy_url,
+            no_proxy=no_proxy,
             url=url,
             endpoint=endpoint,
             token=token,
@@ -168,9 +182,14 @@ class ListenRefused(Exception):
 
 @attrs.define(eq=False)
 class TlsOptionsCache:
-    """TLS client options per host name (one OpenSSL context each), with the configured anchors."""
+    """TLS client options per host name (one OpenSSL context each), with the configured anchors.
+
+    It also carries the egress proxy settings of its Hybrid Connection.
+    """
 
     ca_paths: tuple[str, ...]
+    proxy: str | None = None
+    no_proxy: str | None = None
     _anchors: list[Any] | None = None
     _by_host: dict[str, Any] = attrs.field(factory=dict)
 
@@ -183,10 +202,11 @@ class TlsOptionsCache:
 
 
 def default_endpoint_maker(reactor: Any, tls_cache: TlsOptionsCache) -> EndpointMaker:
-    """HostnameEndpoint (with a timeout), wrapped in verified TLS when ``secure``."""
+    """HostnameEndpoint (with a timeout; through a proxy if one applies), in verified TLS when ``secure``."""
 
     def make(host: str, port: int, secure: bool, timeout: float) -> IStreamClientEndpoint:
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
+        via = proxy.resolve_proxy(host, port, tls_cache.proxy, tls_cache.no_proxy)
+        endpoint = proxy.endpoint_for(reactor, host, port, via, timeout)
         if secure:
             endpoint = wrapClientTLS(tls_cache.options_for(host), endpoint)
         return endpoint
@@ -313,6 +333,7 @@ class Listener:
         self._on_accept = on_accept
         self._on_request = on_request
         self.tls_cache = tls_cache or TlsOptionsCache(spec.ca_certificates)
+        self.tls_cache.proxy, self.tls_cache.no_proxy = spec.proxy, spec.no_proxy
         self._endpoint_maker = endpoint_maker or default_endpoint_maker(reactor, self.tls_cache)
         self._rng = rng
         self._wallclock = wallclock
@@ -390,8 +411,9 @@ class Listener:
             self.tls_cache.ca_paths = spec.ca_certificates
             self.tls_cache._anchors = None
             self.tls_cache._by_host.clear()
-        if (spec.url, spec.ca_certificates, spec.ping_interval) != (
-            old.url, old.ca_certificates, old.ping_interval
+        self.tls_cache.proxy, self.tls_cache.no_proxy = spec.proxy, spec.no_proxy
+        if (spec.url, spec.ca_certificates, spec.ping_interval, spec.proxy, spec.no_proxy) != (
+            old.url, old.ca_certificates, old.ping_interval, old.proxy, old.no_proxy
         ):
             self._token = spec.token
             self._restart()

@@ -2,15 +2,16 @@
 """Accepted connections: the rendezvous WebSocket bridged to the endpoint.
 
 On ``accept`` both legs start at once: the TCP connection to the endpoint and
-the WebSocket to the accept ``address`` (used unchanged, no token).  They are
-spliced by :class:`hcm_twisted.core.bridge.Bridge`, which holds the first leg
-paused until the other one is there.
+the connection (TCP and TLS) for the WebSocket to the accept ``address`` (used
+unchanged, no token).  They are spliced by :class:`hcm_twisted.core.bridge.Bridge`,
+which holds the first leg paused until the other one is there.
 
-If the endpoint cannot be reached while the rendezvous is not yet open, the
-rendezvous attempt is dropped and the connection is *rejected* (the accept
-address plus ``sb-hc-statusCode=502``): the relay answers us 410 and fails the
-sender's handshake at once, with our description.  If the rendezvous opened
-first, it is closed with 1011 instead.
+The rendezvous' upgrade request waits for the endpoint's fate (autobahn's
+``onConnecting`` hook), so the decision is never racy: endpoint connected ->
+``GET`` the accept address; endpoint unreachable -> ``GET`` the *reject*
+address (accept address plus ``sb-hc-statusCode=502`` and a description) on
+that same connection.  The relay answers the reject with 410 and fails the
+sender's handshake at once with our status and description.
 
 HTTP-mode requests that arrive as a rendezvous-only stub are answered 501 on
 their rendezvous (this agent forwards TCP only).
@@ -23,8 +24,10 @@ from typing import Any
 
 import attrs
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.endpoints import HostnameEndpoint
+from autobahn.websocket.types import ConnectingRequest
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -32,7 +35,7 @@ from twisted.python.failure import Failure
 
 from hcm_twisted.agent.listener import EndpointMaker, HcSpec, not_implemented, parse_host_port
 from hcm_twisted.core import messages, urls
-from hcm_twisted.core.bridge import Bridge, BridgeClientFactory, TcpLeg
+from hcm_twisted.core.bridge import Bridge, BridgeClientFactory, TcpLeg, WebSocketClientLeg
 from hcm_twisted.core.errors import MalformedInput
 
 #: How long the rendezvous WebSocket may take to open ([NET] gives it 20 s).
@@ -43,7 +46,13 @@ TcpEndpointMaker = Callable[[str, int, float], IStreamClientEndpoint]
 
 
 def default_tcp_endpoints(reactor: Any) -> TcpEndpointMaker:
+    """TCP endpoints for ``host:port``: IP literals directly (no resolver round trip)."""
+
     def make(host: str, port: int, timeout: float) -> IStreamClientEndpoint:
+        if isIPAddress(host):
+            return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+        if isIPv6Address(host):
+            return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
         return HostnameEndpoint(reactor, host, port, timeout=timeout)
 
     return make
@@ -122,15 +131,78 @@ class _RequestFactory(WebSocketClientFactory):
         self.request_id = request_id
 
 
+class _RendezvousLeg(WebSocketClientLeg):
+    """The rendezvous WebSocket: its upgrade request waits for the endpoint's fate.
+
+    TCP and TLS to the relay are set up while the endpoint connection is being
+    made; the request then goes out for the accept address (endpoint reached)
+    or for the reject address (endpoint unreachable), on the same connection.
+    """
+
+    factory: _RendezvousFactory
+
+    def onConnecting(  # type: ignore[override]
+        self, transport_details: Any
+    ) -> Deferred[ConnectingRequest]:
+        # autobahn waits for a Deferred returned here before it sends the request.
+        self.factory.connection = self
+        factory = self.factory
+
+        def request(resource: str) -> ConnectingRequest:
+            return ConnectingRequest(
+                host=factory.host,
+                port=factory.port,
+                resource=resource,
+                headers=factory.headers,
+                useragent=factory.useragent,
+                origin=factory.origin,
+                protocols=[] if factory.rejecting else factory.protocols,
+            )
+
+        return factory.gate.addCallback(request)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        super().onClose(wasClean, code, reason)
+        if self.factory.rejecting:
+            self.factory.reject_finished(self.handshake_status, self.handshake_reason or reason)
+
+
+class _RendezvousFactory(BridgeClientFactory):
+    protocol = _RendezvousLeg
+
+    def __init__(self, url: str, bridge: Bridge, gate: Deferred[str],
+                 on_reject: Callable[[int | None, str | None], None], **kwargs: Any) -> None:
+        super().__init__(url, bridge, **kwargs)
+        self.gate = gate
+        self.connection: _RendezvousLeg | None = None
+        self.rejecting = False
+        self._on_reject: Callable[[int | None, str | None], None] | None = on_reject
+
+    def reject_finished(self, status: int | None, reason: str | None) -> None:
+        on_reject, self._on_reject = self._on_reject, None
+        if on_reject is not None:
+            on_reject(status, reason)
+
+
 @attrs.define(eq=False)
 class _Pending:
     """One accept in progress or bridged."""
 
     bridge: Bridge
     accept: messages.Accept
+    gate: Deferred[str] = attrs.field(factory=Deferred)
+    factory: _RendezvousFactory | None = None
     ws_connecting: Deferred[Any] | None = None
-    ws_protocol: Any = None
+    ws_failed: bool = False
     rejected: bool = False
+
+    def drop_rendezvous(self) -> None:
+        """Give up on a rendezvous that has not opened."""
+        if self.ws_connecting is not None:
+            self.ws_connecting.cancel()
+        connection = self.factory.connection if self.factory is not None else None
+        if connection is not None and not connection._leg_opened:
+            connection.dropConnection(abort=True)
 
 
 class Acceptor:
@@ -192,68 +264,90 @@ class Acceptor:
         self._live.add(pending)
         bridge.when_done().addCallback(lambda _: self._finished(pending))
 
-        # Both legs at once.
+        # Both at once: the endpoint, and TCP+TLS to the relay (upgrade gated on the endpoint).
+        subprotocol = first_subprotocol(accept.connect_headers)
+        pending.factory = _RendezvousFactory(
+            accept.address,
+            bridge,
+            pending.gate,
+            on_reject=lambda status, reason: self._reject_result(accept, status, reason),
+            reactor=self._reactor,
+            protocols=[subprotocol] if subprotocol else None,
+            useragent="hcm-twisted",
+        )
         tcp_factory = Factory.forProtocol(lambda: TcpLeg(bridge))
-        tcp_d = self._tcp_endpoints(host, port, self.spec.connect_timeout).connect(tcp_factory)
+        try:
+            tcp_d = self._tcp_endpoints(host, port, self.spec.connect_timeout).connect(tcp_factory)
+        except Exception:
+            tcp_d = fail()
         tcp_d.addCallbacks(
             lambda proto: self._endpoint_connected(pending),
             lambda f: self._endpoint_failed(pending, f),
         )
 
-        if pending.rejected or bridge.done:
-            return  # the endpoint failed at once (and was rejected)
-        subprotocol = first_subprotocol(accept.connect_headers)
-        ws_factory = BridgeClientFactory(
-            accept.address,
-            bridge,
-            reactor=self._reactor,
-            protocols=[subprotocol] if subprotocol else None,
-            useragent="hcm-twisted",
-        )
         secure, rhost, rport, _ = urls.split_ws_url(accept.address)
         try:
-            relay = self._relay_endpoints(rhost, rport, secure, RENDEZVOUS_TIMEOUT)
-            ws_d = relay.connect(ws_factory)
-        except Exception as e:
-            bridge.fail(f"rendezvous: {type(e).__name__}: {e}")
-            return
-        pending.ws_connecting = ws_d
+            ws_d = self._relay_endpoints(rhost, rport, secure, RENDEZVOUS_TIMEOUT).connect(
+                pending.factory
+            )
+        except Exception:
+            ws_d = fail()
+        if not ws_d.called:
+            pending.ws_connecting = ws_d
 
         def ws_connected(proto: IProtocol) -> None:
             pending.ws_connecting = None
-            pending.ws_protocol = proto
 
         def ws_failed(f: Failure) -> None:
             pending.ws_connecting = None
-            if not pending.rejected:
-                self._log.warn(
-                    "{name}: cannot reach the rendezvous: {error}",
-                    name=self.name, error=f.getErrorMessage(),
-                )
-                bridge.fail(f"rendezvous unreachable: {f.getErrorMessage()}")
+            pending.ws_failed = True
+            if f.check(CancelledError):
+                return
+            self._log.warn(
+                "{name}: cannot reach the relay for a rendezvous: {error}",
+                name=self.name, error=f.getErrorMessage(),
+            )
+            bridge.fail(f"rendezvous unreachable: {f.getErrorMessage()}")
 
         ws_d.addCallbacks(ws_connected, ws_failed)
 
     def _endpoint_connected(self, pending: _Pending) -> None:
         self.endpoint_reachable = True
+        if not pending.gate.called:
+            factory = pending.factory
+            assert factory is not None
+            pending.gate.callback(factory.resource)
 
     def _endpoint_failed(self, pending: _Pending, f: Failure) -> None:
         self.endpoint_reachable = False
         error = f.getErrorMessage()
-        bridge = pending.bridge
         self._log.warn(
             "{name}: endpoint {endpoint} unreachable: {error}",
             name=self.name, endpoint=self.spec.endpoint, error=error,
         )
-        if bridge.ws is None and not bridge.ws_gone:
-            # The rendezvous is not open yet: reject instead, so the sender fails at once.
+        description = f"Endpoint unreachable: {error}"[:200]
+        factory = pending.factory
+        if factory is not None and not pending.gate.called and not pending.ws_failed:
+            # Reject on the connection made for the rendezvous: the sender fails at once.
             pending.rejected = True
-            if pending.ws_connecting is not None:
-                pending.ws_connecting.cancel()
-            elif pending.ws_protocol is not None:
-                pending.ws_protocol.dropConnection(abort=True)
-            self._reject(pending.accept, 502, f"Endpoint unreachable: {error}"[:200])
-        bridge.fail(f"endpoint unreachable: {error}")
+            self.rejected += 1
+            factory.rejecting = True
+            url = urls.reject_url(pending.accept.address, 502, description)
+            pending.gate.callback(urls.split_ws_url(url)[3])
+        pending.bridge.fail(f"endpoint unreachable: {error}")
+
+    def _reject_result(self, accept: messages.Accept, status: int | None,
+                       reason: str | None) -> None:
+        if status == 410:
+            self._log.info(
+                "{name}: rejected connection {id} (endpoint unreachable)",
+                name=self.name, id=accept.id[:60],
+            )
+        else:
+            self._log.warn(
+                "{name}: rejecting connection {id} failed: {status} {reason}",
+                name=self.name, id=accept.id[:60], status=status, reason=reason,
+            )
 
     def _finished(self, pending: _Pending) -> None:
         self._live.discard(pending)
@@ -337,6 +431,5 @@ class Acceptor:
     def close_all(self, reason: str = "hybrid connection closed") -> None:
         """Close every open connection (WebSocket Close 1001, TCP after flushing)."""
         for pending in list(self._live):
-            if pending.ws_connecting is not None:
-                pending.ws_connecting.cancel()
+            pending.drop_rendezvous()
             pending.bridge.fail(reason, ws_code=1001)

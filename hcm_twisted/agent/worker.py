@@ -20,13 +20,7 @@ import attrs
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.protocol import connectionDone
 from twisted.logger import (
-    FilteringLogObserver,
-    ILogObserver,
     Logger,
-    LogLevel,
-    LogLevelFilterPredicate,
-    globalLogBeginner,
-    textFileLogObserver,
 )
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -40,6 +34,7 @@ from hcm_twisted.agent.listener import (
     default_endpoint_maker,
 )
 from hcm_twisted.agent.rendezvous import Acceptor, TcpEndpointMaker
+from hcm_twisted.core import logging as hcm_logging
 from hcm_twisted.core.errors import MalformedInput
 
 EXIT_GRACE = 1.0  # seconds to close channels after the master went away
@@ -182,13 +177,6 @@ class WorkerProtocol(amp.AMP):
             self._on_lost()
 
 
-def _log_observer() -> ILogObserver:
-    return FilteringLogObserver(
-        textFileLogObserver(sys.stderr),
-        [LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)],
-    )
-
-
 def main() -> None:
     """Run a worker with AMP on fds 3 and 4 until the master goes away."""
     import txaio
@@ -196,7 +184,14 @@ def main() -> None:
     from twisted.internet import stdio
 
     reactor: Any = _reactor
-    globalLogBeginner.beginLoggingTo([_log_observer()], redirectStandardIO=False)
+    try:
+        hcm_logging.start(
+            os.environ.get("HCM_LOG_FORMAT", "text"),
+            os.environ.get("HCM_LOG_LEVEL", "info"),
+            stream=sys.stderr,
+        )
+    except MalformedInput:
+        hcm_logging.start("text", "info", stream=sys.stderr)
     txaio.use_twisted()
     txaio.set_global_log_level("info")  # type: ignore[attr-defined]
     log = Logger(namespace="hcm_twisted.agent.worker")

@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -55,7 +56,7 @@ class AcceptorTests(SynchronousTestCase):
         return proto, transport
 
     def test_both_legs_at_once_and_bridged(self) -> None:
-        """Endpoint and rendezvous are dialled together; bytes flow both ways once both are up."""
+        """Endpoint and relay are dialled together; bytes flow both ways once both are up."""
         self.tcp.hold = True
         self.acceptor.accept(accept_message())
         # Both attempts started before either finished.
@@ -65,19 +66,20 @@ class AcceptorTests(SynchronousTestCase):
         self.assertEqual((tcp_ep.host, tcp_ep.port, tcp_ep.timeout), ("127.0.0.1", 7001, 5.0))
         relay_ep = self.relay.attempts[0]
         self.assertEqual((relay_ep.host, relay_ep.port, relay_ep.secure), ("gw.relay.example", 9443, True))
-        # The accept address is used unchanged, without a token.
-        target, headers = parse_request(self.relay.last[1].value())
-        self.assertEqual(target, ADDRESS[len("wss://gw.relay.example:9443"):])
-        self.assertNotIn("servicebusauthorization", headers)
-        self.assertNotIn("sec-websocket-protocol", headers)
-        ws, ws_t = self.open_ws()
-        # The endpoint connects.
+        # The upgrade request waits for the endpoint.
+        self.assertEqual(self.relay.last[1].value(), b"")
         d, factory = self.tcp.held[0]
         tcp_proto: Any = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 7001))
         tcp_t = StringTransport()
         tcp_proto.makeConnection(tcp_t)
         d.callback(tcp_proto)
         self.assertIs(self.acceptor.endpoint_reachable, True)
+        # The accept address is used unchanged, without a token.
+        target, headers = parse_request(self.relay.last[1].value())
+        self.assertEqual(target, ADDRESS[len("wss://gw.relay.example:9443"):])
+        self.assertNotIn("servicebusauthorization", headers)
+        self.assertNotIn("sec-websocket-protocol", headers)
+        ws, ws_t = self.open_ws()
         # Sender -> endpoint
         ws.dataReceived(server_frame(b"hello endpoint", opcode=0x2))
         self.assertEqual(tcp_t.value(), b"hello endpoint")
@@ -106,52 +108,54 @@ class AcceptorTests(SynchronousTestCase):
         self.assertEqual(first_subprotocol({"sec-websocket-protocol": " , x"}), "x")
         self.assertIsNone(first_subprotocol({}))
 
-    def test_endpoint_refused_rejects(self) -> None:
-        """An unreachable endpoint turns the accept into a 502 reject; no rendezvous opens."""
-        self.tcp.refuse = True
-        self.acceptor.accept(accept_message())
-        # Only the reject URL was dialled.
+    def assert_rejected_502(self) -> None:
+        # One relay connection, and its one request is the reject URL.
         self.assertEqual(len(self.relay.connections), 1)
-        target, _ = parse_request(self.relay.last[1].value())
+        target, headers = parse_request(self.relay.last[1].value())
         query = parse_qs(urlsplit(target).query)
+        self.assertEqual(urlsplit(target).path, "/$hc/hc1/sfx")
+        self.assertEqual(query["a"], ["b"])
         self.assertEqual(query["sb-hc-action"], ["accept"])
         self.assertEqual(query["sb-hc-id"], ["abc_G1"])
         self.assertEqual(query["sb-hc-statusCode"], ["502"])
         self.assertTrue(unquote(query["sb-hc-statusDescription"][0]).startswith("Endpoint unreachable"))
+        self.assertNotIn("sec-websocket-protocol", headers)
         counters = self.acceptor.counters()
-        self.assertEqual((counters["rejected"], counters["open"], counters["accepted"],
-                          counters["endpoint_reachable"]), (1, 0, 0, False))
-        # The relay confirms with 410.
+        self.assertEqual((counters["rejected"], counters["accepted"], counters["endpoint_reachable"]),
+                         (1, 0, False))
+        # The relay confirms with 410; nothing stays open.
         proto, transport = self.relay.last
-        proto.dataReceived(b"HTTP/1.1 410 Gone\r\n\r\n")
+        with capturedLogs() as events:
+            proto.dataReceived(b"HTTP/1.1 410 Gone\r\n\r\n")
+            proto.connectionLost(Failure(ConnectionLost()))
+        self.assertIn("rejected connection abc_G1", " ".join(formatEvent(e) for e in events))
+        self.assertEqual(self.acceptor.counters()["open"], 0)
 
-    def test_endpoint_fails_while_rendezvous_connecting(self) -> None:
-        """The endpoint fails after the rendezvous TCP connection started: drop it, reject."""
+    def test_endpoint_refused_rejects(self) -> None:
+        """An endpoint refused at once: the rendezvous connection carries the reject."""
+        self.tcp.refuse = True
+        self.acceptor.accept(accept_message(**{"Sec-WebSocket-Protocol": "chat"}))
+        self.assert_rejected_502()
+
+    def test_endpoint_fails_later_rejects(self) -> None:
+        """The endpoint fails while the relay connection waits: the same connection rejects."""
         self.tcp.hold = True
         self.acceptor.accept(accept_message())
-        ws, ws_t = self.relay.last
+        self.assertEqual(self.relay.last[1].value(), b"")
         d, _ = self.tcp.held[0]
         d.errback(Failure(ConnectionRefusedError("nobody home")))
-        self.assertTrue(ws_t.disconnected)  # StringTransport: abortConnection()
-        self.assertEqual(len(self.relay.connections), 2)
-        target, _ = parse_request(self.relay.last[1].value())
-        self.assertIn("sb-hc-statusCode=502", target)
-        ws.connectionLost(Failure(ConnectionLost()))
-        self.assertEqual(self.acceptor.counters()["open"], 0)
-        self.assertEqual(self.acceptor.rejected, 1)
+        self.assert_rejected_502()
 
-    def test_endpoint_fails_after_rendezvous_opened(self) -> None:
-        """If the rendezvous opened first, it is closed with 1011 instead of a reject."""
-        self.tcp.hold = True
+    def test_reject_refused_by_relay_logged(self) -> None:
+        """A reject the relay refuses (stale address: 403) is logged as a failure."""
+        self.tcp.refuse = True
         self.acceptor.accept(accept_message())
-        ws, ws_t = self.open_ws()
-        d, _ = self.tcp.held[0]
-        d.errback(Failure(ConnectionRefusedError()))
-        frames = client_frames(ws_t.value())
-        self.assertEqual(frames[-1][0], 0x8)
-        self.assertEqual(int.from_bytes(frames[-1][1][:2], "big"), 1011)
-        self.assertEqual(len(self.relay.connections), 1)
-        self.assertEqual(self.acceptor.rejected, 0)
+        proto, _ = self.relay.last
+        with capturedLogs() as events:
+            proto.dataReceived(b"HTTP/1.1 403 Invalid rendezvous\r\n\r\n")
+            proto.connectionLost(Failure(ConnectionLost()))
+        text = " ".join(formatEvent(e) for e in events)
+        self.assertIn("rejecting connection abc_G1 failed: 403", text)
 
     def test_no_endpoint_rejects(self) -> None:
         acceptor = self.make(endpoint=None)

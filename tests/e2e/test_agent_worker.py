@@ -1,0 +1,400 @@
+"""A real worker process, driven by a small test master over AMP (fds 3/4), behind a real relay.
+
+Path: sender (autobahn client in this process) -> hcm-relay (process) -> worker (process)
+-> TCP endpoint (in this process) and back.  Byte streams are hashed at both ends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ServerEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.task import deferLater
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+from zope.interface import implementer
+
+from hcm_twisted.agent import commands
+from hcm_twisted.core import connstr, sas, tls, urls
+from tests.e2e import harness
+from tests.e2e.relayfixture import Relay, start_relay
+
+R: Any = reactor
+MiB = 1024 * 1024
+
+
+def sleep(seconds: float) -> defer.Deferred[None]:
+    return deferLater(R, seconds, lambda: None)
+
+
+def mint(relay: Relay, hc: str, rule: str, lifetime: float = 3600) -> str:
+    return sas.mint(sas.audience_for(relay.namespace, hc), rule, harness.TEST_KEYS[rule], lifetime)
+
+
+def hc_item(relay: Relay, hc: str, endpoint: str | None, lifetime: float = 3600,
+            ping_interval: float = 30) -> dict[str, Any]:
+    return {
+        "name": hc,
+        "url": urls.listen_url(connstr.parse(relay.connection_string(hc))),
+        "endpoint": endpoint,
+        "token": mint(relay, hc, "defaultListener", lifetime),
+        "ca_certificates": [str(relay.ca_path)],
+        "ping_interval": ping_interval,
+        "connect_timeout": 5,
+    }
+
+
+# ---- a test master --------------------------------------------------------------------
+
+
+class _PipeTransport:
+    """AMP's transport: writes go to the worker's fd 3."""
+
+    def __init__(self, process: WorkerProcess) -> None:
+        self._process = process
+
+    def write(self, data: bytes) -> None:
+        self._process.transport.writeToChild(3, data)
+
+    def writeSequence(self, seq: list[bytes]) -> None:  # noqa: N802
+        self.write(b"".join(seq))
+
+    def loseConnection(self) -> None:  # noqa: N802
+        self._process.transport.closeChildFD(3)
+
+    def getPeer(self) -> Any:  # noqa: N802
+        return None
+
+    def getHost(self) -> Any:  # noqa: N802
+        return None
+
+
+class WorkerProcess(protocol.ProcessProtocol):
+    """``python -m hcm_twisted.agent.worker`` with AMP on fds 3 (we write) and 4 (we read)."""
+
+    transport: Any
+
+    def __init__(self, log_path: Path) -> None:
+        self.amp = amp.AMP()
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 (closed in processEnded)
+        self.output = ""
+        self.ended: defer.Deferred[Failure] = defer.Deferred()
+
+    @classmethod
+    def spawn(cls, log_path: Path) -> WorkerProcess:
+        proc = cls(log_path)
+        R.spawnProcess(
+            proc, harness.PYTHON, [harness.PYTHON, "-m", "hcm_twisted.agent.worker"],
+            env=harness.child_env(), path=str(harness.ROOT),
+            childFDs={0: "w", 1: "r", 2: "r", 3: "w", 4: "r"},
+        )
+        return proc
+
+    def connectionMade(self) -> None:
+        self.amp.makeConnection(_PipeTransport(self))  # type: ignore[arg-type]
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        if fd == 4:
+            self.amp.dataReceived(data)
+        else:
+            self._log.write(data)
+            self._log.flush()
+            self.output += data.decode("utf-8", "replace")
+
+    def processEnded(self, reason: Failure) -> None:
+        self._log.close()
+        self.amp.connectionLost(reason)
+        self.ended.callback(reason)
+
+    @property
+    def running(self) -> bool:
+        return not self.ended.called
+
+    async def wait_log(self, pattern: str, timeout: float = 20.0, count: int = 1) -> None:
+        deadline = time.monotonic() + timeout
+        rx = re.compile(pattern)
+        while len(rx.findall(self.output)) < count:
+            if not self.running:
+                raise AssertionError(f"worker exited:\n{self.output[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"worker: no {pattern!r} x{count} after {timeout} s:\n"
+                                     f"{self.output[-3000:]}")
+            await sleep(0.05)
+
+    async def call(self, command: type[amp.Command], **kw: Any) -> Any:
+        return await self.amp.callRemote(command, **kw)
+
+    async def status(self, hc: str) -> dict[str, Any]:
+        result = await self.call(commands.GetStatus)
+        return result["status"]["hcs"][hc]  # type: ignore[no-any-return]
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        if self.running:
+            self.transport.closeChildFD(3)
+            deadline = time.monotonic() + timeout
+            while self.running and time.monotonic() < deadline:
+                await sleep(0.05)
+            if self.running:
+                self.transport.signalProcess("KILL")
+                await self.ended
+
+
+# ---- the endpoint -------------------------------------------------------------------
+
+
+class HashingEcho(protocol.Protocol):
+    """Echoes everything (with backpressure) and hashes what it received."""
+
+    factory: EchoFactory
+
+    def connectionMade(self) -> None:
+        self.hash = hashlib.sha256()
+        self.count = 0
+        self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+        self.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
+        self.factory.connections += 1
+
+    def dataReceived(self, data: bytes) -> None:
+        self.hash.update(data)
+        self.count += len(data)
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def readConnectionLost(self) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.factory.finished.append((self.count, self.hash.hexdigest()))
+
+
+class EchoFactory(protocol.Factory):
+    protocol = HashingEcho
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.finished: list[tuple[int, str]] = []
+
+
+# ---- the sender ---------------------------------------------------------------------
+
+
+class SendFailed(Exception):
+    def __init__(self, status: int | None, reason: str) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+
+
+@implementer(IPushProducer)
+class Sender(WebSocketClientProtocol):
+    """Sends ``payload`` as binary messages (respecting backpressure), reads the echo back."""
+
+    factory: SenderFactory
+    CHUNK = 256 * 1024
+
+    def onOpen(self) -> None:
+        self.factory.opened_at = time.monotonic()
+        self._offset = 0
+        self._paused = False
+        self.received = 0
+        self.hash = hashlib.sha256()
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self.resumeProducing()
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def stopProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        payload = self.factory.payload
+        while not self._paused and self._offset < len(payload):
+            chunk = payload[self._offset:self._offset + self.CHUNK]
+            self._offset += len(chunk)
+            self.sendMessage(chunk, isBinary=True)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.hash.update(payload)
+        self.received += len(payload)
+        if self.received >= len(self.factory.payload):
+            self.sendClose(1000)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        d = self.factory.done
+        if d.called:
+            return
+        if self.factory.opened_at is None:
+            line = getattr(self, "http_status_line", None) or ""
+            parts = line.split(" ", 2)
+            status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+            d.errback(SendFailed(status, parts[2] if len(parts) > 2 else (reason or "")))
+        else:
+            d.callback((self.received, self.hash.hexdigest()))
+
+
+class SenderFactory(WebSocketClientFactory):
+    protocol = Sender
+
+    def __init__(self, url: str, token: str, payload: bytes) -> None:
+        super().__init__(url, headers={"ServiceBusAuthorization": token})
+        self.payload = payload
+        self.opened_at: float | None = None
+        self.done: defer.Deferred[tuple[int, str]] = defer.Deferred()
+        self.setProtocolOptions(
+            autoFragmentSize=0, maxFramePayloadSize=0, maxMessagePayloadSize=0,
+            utf8validateIncoming=False, openHandshakeTimeout=20, closeHandshakeTimeout=5,
+        )
+
+
+def send(relay: Relay, hc: str, payload: bytes, cas: Any) -> defer.Deferred[tuple[int, str]]:
+    """One sender connection: send ``payload``, read it back; fires (bytes, sha256)."""
+    url = urls.connect_url(connstr.parse(relay.connection_string(hc, "defaultSender")))
+    factory = SenderFactory(url, mint(relay, hc, "defaultSender"), payload)
+    endpoint = wrapClientTLS(tls.client_options("localhost", cas),
+                             HostnameEndpoint(R, "localhost", relay.port, timeout=10))
+
+    def failed(f: Failure) -> None:
+        if not factory.done.called:
+            factory.done.errback(f)
+
+    endpoint.connect(factory).addErrback(failed)
+    return factory.done
+
+
+def payload_of(size: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+# ---- the tests ----------------------------------------------------------------------
+
+
+class WorkerEndToEnd(unittest.TestCase):
+    timeout = 120
+
+    async def start(self) -> None:
+        self.dir = Path(self.mktemp())
+        self.dir.mkdir(parents=True)
+        self.relay = start_relay(self.dir, hcs=("hc1", "hc2"))
+        self.addCleanup(self.relay.stop)
+        self.cas = tls.load_ca_certificates(str(self.relay.ca_path))
+        self.echo = EchoFactory()
+        port = await TCP4ServerEndpoint(R, 0, interface="127.0.0.1").listen(self.echo)
+        self.addCleanup(port.stopListening)
+        self.echo_port = port.getHost().port
+        self.worker = WorkerProcess.spawn(self.dir / "worker.log")
+        self.addCleanup(self.worker.stop)
+        await self.worker.wait_log("hcm worker ready")
+        dead = f"127.0.0.1:{harness.free_port()}"
+        await self.worker.call(commands.SetHybridConnections, hcs=[
+            hc_item(self.relay, "hc1", f"127.0.0.1:{self.echo_port}"),
+            hc_item(self.relay, "hc2", dead),
+        ])
+        await self.worker.wait_log(r"control channel connected: hc1")
+        await self.worker.wait_log(r"control channel connected: hc2")
+
+    def setUp(self) -> defer.Deferred[None]:
+        return defer.ensureDeferred(self.start())
+
+    @defer.inlineCallbacks
+    def test_64mib_byte_exact(self) -> Any:
+        """64 MiB go through relay and worker to the endpoint and back, byte for byte."""
+        payload = payload_of(64 * MiB, 1)
+        digest = hashlib.sha256(payload).hexdigest()
+        started = time.monotonic()
+        received, echoed = yield send(self.relay, "hc1", payload, self.cas)
+        elapsed = time.monotonic() - started
+        self.assertEqual(received, len(payload))
+        self.assertEqual(echoed, digest)
+        # The endpoint saw exactly the same bytes.
+        yield self.wait_for(lambda: len(self.echo.finished) == 1, 10)
+        self.assertEqual(self.echo.finished, [(len(payload), digest)])
+        status = yield defer.ensureDeferred(self.worker.status("hc1"))
+        self.assertEqual(status["bytes_in"], len(payload))
+        self.assertEqual(status["bytes_out"], len(payload))
+        self.assertEqual(status["accepted"], 1)
+        self.assertEqual(status["endpoint_reachable"], True)
+        print(f"\n64 MiB echo through relay+worker: {elapsed:.2f} s, "
+              f"{2 * 64 / elapsed:.1f} MiB/s (both directions)")
+
+    @defer.inlineCallbacks
+    def test_100_concurrent(self) -> Any:
+        """100 concurrent 1 MiB transfers all arrive intact."""
+        payloads = [payload_of(MiB, 100 + i) for i in range(100)]
+        started = time.monotonic()
+        results = yield defer.gatherResults(
+            [send(self.relay, "hc1", p, self.cas) for p in payloads], consumeErrors=True
+        )
+        elapsed = time.monotonic() - started
+        for payload, (received, digest) in zip(payloads, results, strict=True):
+            self.assertEqual(received, MiB)
+            self.assertEqual(digest, hashlib.sha256(payload).hexdigest())
+        yield self.wait_for(lambda: len(self.echo.finished) == 100, 20)
+        expected = sorted((MiB, hashlib.sha256(p).hexdigest()) for p in payloads)
+        self.assertEqual(sorted(self.echo.finished), expected)
+        status = yield self.wait_status("hc1", lambda s: s["open"] == 0, 10)
+        self.assertEqual(status["accepted"], 100)
+        self.assertEqual(status["bytes_in"], 100 * MiB)
+        print(f"\n100 x 1 MiB concurrent echo: {elapsed:.2f} s")
+
+    @defer.inlineCallbacks
+    def test_endpoint_down_fails_sender_fast(self) -> Any:
+        """An unreachable endpoint: the sender's handshake fails with 502 within 2 s."""
+        started = time.monotonic()
+        d = send(self.relay, "hc2", b"x", self.cas)
+        try:
+            yield d
+        except SendFailed as e:
+            failure = e
+        else:
+            self.fail("the sender connected to an unreachable endpoint")
+        elapsed = time.monotonic() - started
+        self.assertEqual(failure.status, 502)
+        self.assertIn("Endpoint unreachable", failure.reason)
+        self.assertLess(elapsed, 2.0)
+        status = yield defer.ensureDeferred(self.worker.status("hc2"))
+        self.assertEqual(status["rejected"], 1)
+        self.assertEqual(status["endpoint_reachable"], False)
+        self.assertEqual(status["state"], "connected")
+        print(f"\nendpoint down: sender failed after {elapsed:.3f} s")
+
+    @defer.inlineCallbacks
+    def test_master_gone_worker_exits(self) -> Any:
+        """Closing the AMP pipe makes the worker exit within 2 s."""
+        started = time.monotonic()
+        self.worker.transport.closeChildFD(3)
+        yield self.wait_for(lambda: not self.worker.running, 5)
+        self.assertLess(time.monotonic() - started, 2.0)
+
+    def wait_for(self, predicate: Any, timeout: float) -> defer.Deferred[None]:
+        async def wait() -> None:
+            deadline = time.monotonic() + timeout
+            while not predicate():
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"condition not met within {timeout} s")
+                await sleep(0.05)
+
+        return defer.ensureDeferred(wait())
+
+    def wait_status(self, hc: str, predicate: Any, timeout: float) -> defer.Deferred[Any]:
+        async def wait() -> Any:
+            deadline = time.monotonic() + timeout
+            while True:
+                status = await self.worker.status(hc)
+                if predicate(status):
+                    return status
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"status not reached within {timeout} s: {status}")
+                await sleep(0.1)
+
+        return defer.ensureDeferred(wait())
