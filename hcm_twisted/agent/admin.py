@@ -116,6 +116,12 @@ class _Quiet(server.Site):
 
 def make_site(supervisor: Any) -> server.Site:
     root = resource.Resource()
+    try:
+        from hcm_twisted.agent.statuspage import StatusPage
+    except ImportError:  # pragma: no cover (the HTML page is optional)
+        pass
+    else:
+        root.putChild(b"", StatusPage(supervisor.status))
     root.putChild(b"status", StatusResource(supervisor))
     root.putChild(b"reload", ReloadResource(supervisor))
     site = _Quiet(root)

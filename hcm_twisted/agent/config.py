@@ -10,6 +10,7 @@ ca-certificates = "relay-ca.pem" # or a list; relative to this file's directory
 ping-interval = 30
 drain-timeout = 30
 log-format = "text"              # or "json"
+log-level = "info"               # debug, info, warn, error, critical
 
 [[hybrid-connection]]
 name = "hc1"                     # defaults to the connection string's EntityPath
@@ -42,6 +43,7 @@ from hcm_twisted.core.errors import MalformedInput
 
 DEFAULT_CONFIG_PATH = "/etc/hcm/hcm.toml"
 LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "critical")
 
 DEFAULT_TOKEN_LIFETIME = 3600.0
 DEFAULT_PING_INTERVAL = 30.0
@@ -57,6 +59,7 @@ _AGENT_KEYS = frozenset(
         "ping-interval",
         "drain-timeout",
         "log-format",
+        "log-level",
     }
 )
 _HC_KEYS = frozenset({"name", "connection-string", "endpoint"})
@@ -103,6 +106,7 @@ class AgentConfig:
     ping_interval: float = DEFAULT_PING_INTERVAL
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     log_format: str = "text"
+    log_level: str = "info"
     hybrid_connections: tuple[HybridConnectionConfig, ...] = ()
 
     def worker_count(self) -> int:
@@ -248,6 +252,10 @@ def parse_document(doc: Mapping[str, Any], path: Path) -> AgentConfig:
     log_format = agent.get("log-format", "text")
     if log_format not in LOG_FORMATS:
         raise MalformedInput(f"{where}: [agent] log-format: must be one of {', '.join(LOG_FORMATS)}")
+    log_level = agent.get("log-level", "info")
+    if not isinstance(log_level, str) or log_level.strip().lower() not in LOG_LEVELS:
+        raise MalformedInput(f"{where}: [agent] log-level: must be one of {', '.join(LOG_LEVELS)}")
+    log_level = log_level.strip().lower()
     cas = agent.get("ca-certificates", [])
     if isinstance(cas, str):
         cas = [cas]
@@ -276,6 +284,7 @@ def parse_document(doc: Mapping[str, Any], path: Path) -> AgentConfig:
         ping_interval=ping_interval,
         drain_timeout=drain_timeout,
         log_format=log_format,
+        log_level=log_level,
         hybrid_connections=tuple(hcs),
     )
 

@@ -23,7 +23,9 @@ they do not outlive a master that dies.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import resource
 import sys
 from collections.abc import Callable, Sequence
@@ -36,7 +38,7 @@ from twisted.internet import defer, error
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
@@ -90,7 +92,7 @@ def raise_nofile_limit() -> tuple[int, int]:
     return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
-def worker_environment(log_format: str = "text") -> dict[str, str]:
+def worker_environment(log_format: str = "text", log_level: str = "info") -> dict[str, str]:
     """The environment for a worker: ours, with this package importable."""
     env = dict(os.environ)
     root = str(Path(hcm_twisted.__file__).resolve().parent.parent)
@@ -100,7 +102,34 @@ def worker_environment(log_format: str = "text") -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env["PYTHONUNBUFFERED"] = "1"
     env["HCM_LOG_FORMAT"] = log_format
+    env["HCM_LOG_LEVEL"] = log_level
     return env
+
+
+_TEXT_LINE = re.compile(r"^\S+ \[([^\]#]*)#(\w+)\] (.*)$", re.S)
+
+
+def _parse_worker_line(text: str) -> tuple[LogLevel, str, str]:
+    """``(level, namespace, message)`` of a worker's text or JSON log line."""
+    if text.startswith("{"):
+        try:
+            record = json.loads(text)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("message"), str):
+            return (_level(record.get("level")), str(record.get("namespace") or "-"),
+                    record["message"])
+    m = _TEXT_LINE.match(text)
+    if m:
+        return _level(m.group(2)), m.group(1), m.group(3)
+    return LogLevel.info, "-", text
+
+
+def _level(name: Any) -> LogLevel:
+    try:
+        return LogLevel.levelWithName(str(name).lower().replace("warning", "warn"))
+    except Exception:
+        return LogLevel.info
 
 
 def _describe_exit(reason: Failure) -> str:
@@ -220,9 +249,15 @@ class WorkerProcess(ProcessProtocol):
             self.amp.connectionLost(Failure(error.ConnectionDone("worker closed its AMP pipe")))
 
     def _relay(self, line: bytes) -> None:
+        """Re-log one output line of the worker at its own level."""
         text = line.decode("utf-8", "replace").rstrip("\r")
-        if text.strip():
-            self._log.info("worker {pid}: {line}", pid=self.pid, line=text)
+        if not text.strip():
+            return
+        level, namespace, message = _parse_worker_line(text)
+        self._log.emit(
+            level, "worker {pid}: [{worker_namespace}] {line}",
+            pid=self.pid, worker_namespace=namespace, line=message,
+        )
 
     def processEnded(self, reason: Failure) -> None:  # noqa: N802 (Twisted API)
         for fd, rest in self._buffers.items():
@@ -345,7 +380,9 @@ class Supervisor(service.Service):
         slot.process = proto
         slot.state = STARTING
         slot.started_at = self.reactor.seconds()
-        env = self._env if self._env is not None else worker_environment(self.config.log_format)
+        env = self._env if self._env is not None else worker_environment(
+            self.config.log_format, self.config.log_level
+        )
         try:
             self.reactor.spawnProcess(
                 proto,

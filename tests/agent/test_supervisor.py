@@ -505,6 +505,23 @@ class SupervisorTests(SynchronousTestCase):
         self.assertEqual(lines, ["hello world", "second"])
         self.assertTrue(all(e["log_level"] == LogLevel.info for e in events if "line" in e))
 
+    def test_worker_line_levels(self) -> None:
+        """Text and JSON lines from a worker keep their level, namespace and message."""
+        from twisted.logger import LogLevel
+
+        parse = supervisor._parse_worker_line
+        self.assertEqual(
+            parse("2026-11-29T05:10:32+0000 [hcm_twisted.agent.listener#warn] channel failed"),
+            (LogLevel.warn, "hcm_twisted.agent.listener", "channel failed"),
+        )
+        self.assertEqual(
+            parse('{"time":"x","level":"error","namespace":"w","message":"boom"}'),
+            (LogLevel.error, "w", "boom"),
+        )
+        self.assertEqual(parse("Traceback (most recent call last):"),
+                         (LogLevel.info, "-", "Traceback (most recent call last):"))
+        self.assertEqual(parse("{not json"), (LogLevel.info, "-", "{not json"))
+
     def test_nofile_limit(self) -> None:
         soft, hard = supervisor.raise_nofile_limit()
         import resource
