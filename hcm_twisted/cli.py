@@ -80,6 +80,8 @@ def _parser() -> _Parser:
     remove = sub.add_parser("remove", parents=[common], help="remove a hybrid connection")
     remove.add_argument("name", metavar="NAME")
     sub.add_parser("version", parents=[common], help="print the version")
+    sub.add_parser("reload", parents=[common],
+                   help="ask the running agent to re-read its config (systemctl reload hcm)")
     help_ = sub.add_parser("help", parents=[common], help="show help for a command")
     help_.add_argument("topic", nargs="?", metavar="COMMAND")
     for name in DISPATCH:
@@ -250,6 +252,22 @@ def _cmd_remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reload(args: argparse.Namespace) -> int:
+    path = _config_path(args)
+    endpoint = config.load(path).admin
+    try:
+        status, body = admin.request(endpoint, "POST", "/reload")
+    except admin.AgentNotRunning:
+        raise CommandError(f"no agent is running (nothing answers on {endpoint})") from None
+    except admin.AdminError as e:
+        raise CommandError(f"could not ask the agent to reload: {e}") from None
+    if status != 200:
+        detail = body.get("error") if isinstance(body, dict) else None
+        raise CommandError(f"the agent refused to reload: {detail or f'HTTP {status}'}")
+    _out(args, body, "the running agent reloaded its config")
+    return 0
+
+
 def _yes(value: Any) -> str:
     return "yes" if value else "no"
 
@@ -411,7 +429,7 @@ def _run(argv: list[str]) -> int:
         choices[args.topic].print_help()
         return 0
     handlers = {"add": _cmd_add, "remove": _cmd_remove, "list": _cmd_list, "show": _cmd_show,
-                "version": _cmd_version}
+                "version": _cmd_version, "reload": _cmd_reload}
     return handlers[args.command](args)
 
 
