@@ -160,7 +160,7 @@ class HashingEcho(protocol.Protocol):
     def connectionMade(self) -> None:
         self.hash = hashlib.sha256()
         self.count = 0
-        self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
+        self.transport.setTcpNoDelay(True)  # type: ignore[union-attr]
         self.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
         self.factory.connections += 1
 
@@ -177,7 +177,7 @@ class HashingEcho(protocol.Protocol):
 
 
 class EchoFactory(protocol.Factory):
-    protocol = HashingEcho
+    protocol = HashingEcho  # type: ignore[assignment]
 
     def __init__(self) -> None:
         self.connections = 0
@@ -244,7 +244,7 @@ class Sender(WebSocketClientProtocol):
 
 
 class SenderFactory(WebSocketClientFactory):
-    protocol = Sender
+    protocol = Sender  # type: ignore[assignment]
 
     def __init__(self, url: str, token: str, payload: bytes) -> None:
         super().__init__(url, headers={"ServiceBusAuthorization": token})
@@ -303,7 +303,7 @@ class WorkerEndToEnd(unittest.TestCase):
         await self.worker.wait_log(r"control channel connected: hc1")
         await self.worker.wait_log(r"control channel connected: hc2")
 
-    def setUp(self) -> defer.Deferred[None]:
+    def setUp(self) -> defer.Deferred[None]:  # type: ignore[override]
         return defer.ensureDeferred(self.start())
 
     @defer.inlineCallbacks

@@ -1,0 +1,125 @@
+"""A real worker behind a real relay: relay restarts and short-lived tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.trial import unittest
+
+from hcm_twisted.agent import commands
+from hcm_twisted.core import tls
+from tests.e2e.relayfixture import start_relay
+from tests.e2e.test_agent_worker import (
+    EchoFactory,
+    R,
+    SendFailed,
+    WorkerProcess,
+    hc_item,
+    mint,
+    payload_of,
+    send,
+    sleep,
+)
+
+
+class WorkerResilience(unittest.TestCase):
+    timeout = 120
+
+    async def start(self, extra_toml: str = "", lifetime: float = 3600) -> None:
+        self.dir = Path(self.mktemp())
+        self.dir.mkdir(parents=True)
+        self.relay = start_relay(self.dir, hcs=("hc1",), extra_toml=extra_toml)
+        self.addCleanup(self.relay.stop)
+        self.cas = tls.load_ca_certificates(str(self.relay.ca_path))
+        self.echo = EchoFactory()
+        port = await TCP4ServerEndpoint(R, 0, interface="127.0.0.1").listen(self.echo)
+        self.addCleanup(port.stopListening)
+        self.worker = WorkerProcess.spawn(self.dir / "worker.log")
+        self.addCleanup(self.worker.stop)
+        await self.worker.wait_log("hcm worker ready")
+        await self.worker.call(commands.SetHybridConnections, hcs=[
+            hc_item(self.relay, "hc1", f"127.0.0.1:{port.getHost().port}", lifetime=lifetime),
+        ])
+        await self.worker.wait_log(r"control channel connected: hc1")
+
+    async def transfer(self, size: int = 64 * 1024, seed: int = 7) -> None:
+        payload = payload_of(size, seed)
+        received, digest = await send(self.relay, "hc1", payload, self.cas)
+        self.assertEqual((received, digest), (size, hashlib.sha256(payload).hexdigest()))
+
+    def test_relay_restart(self) -> defer.Deferred[None]:
+        """After the relay is killed and restarted, new connections succeed within 10 s."""
+        return defer.ensureDeferred(self._relay_restart())
+
+    async def _relay_restart(self) -> None:
+        await self.start()
+        await self.transfer()
+        assert self.relay.proc is not None
+        self.relay.proc.kill()
+        await self.wait_state(lambda s: s["state"] != "connected", 5)
+        self.relay.start()
+        restarted = time.monotonic()
+        deadline = restarted + 10
+        while True:
+            try:
+                await self.transfer(seed=8)
+                break
+            except SendFailed as e:
+                # 404: no listener yet (the worker is still backing off).
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"no connection 10 s after the restart: {e}") from None
+                await sleep(0.2)
+        elapsed = time.monotonic() - restarted
+        await self.worker.wait_log(r"control channel connected: hc1", count=2, timeout=1)
+        status = await self.worker.status("hc1")
+        self.assertEqual(status["state"], "connected")
+        self.assertGreaterEqual(status["reconnects"], 1)
+        print(f"\nrelay restart: first new connection after {elapsed:.2f} s")
+
+    def test_short_tokens_renewed(self) -> defer.Deferred[None]:
+        """5 s tokens renewed every 4 s keep the channel up; without renewal it drops (1008)."""
+        return defer.ensureDeferred(self._short_tokens())
+
+    async def _short_tokens(self) -> None:
+        await self.start(extra_toml="token-grace = 2", lifetime=5)
+        started = time.monotonic()
+        renewals = 0
+        next_renewal = started + 4
+        while time.monotonic() - started < 30:
+            if time.monotonic() >= next_renewal:
+                token = mint(self.relay, "hc1", "defaultListener", lifetime=5)
+                await self.worker.call(commands.UpdateToken, name="hc1", token=token)
+                renewals += 1
+                next_renewal += 4
+            await self.transfer(seed=renewals)
+            await sleep(0.5)
+        status = await self.worker.status("hc1")
+        self.assertEqual(status["state"], "connected")
+        self.assertEqual(status["reconnects"], 0)
+        self.assertGreaterEqual(renewals, 7)
+        self.assertEqual(self.worker.output.count("control channel connected: hc1"), 1)
+        # Control: stop renewing, and the relay closes the channel for the lapsed token.
+        await self.wait_state(lambda s: s["reconnects"] >= 1, 12)
+        await self.worker.wait_log(r"control channel hc1 closed \(closed by relay: 1008", timeout=1)
+        # Its reconnect with the lapsed token is refused (401) and reported as such.
+        status = await self.wait_state(lambda s: s["state"] == "failed", 5)
+        self.assertIn("401", status["last_error"])
+        # A fresh token brings it back at once.
+        token = mint(self.relay, "hc1", "defaultListener", lifetime=60)
+        await self.worker.call(commands.UpdateToken, name="hc1", token=token)
+        await self.worker.wait_log(r"control channel connected: hc1", count=2, timeout=3)
+
+    async def wait_state(self, predicate: Any, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            status = await self.worker.status("hc1")
+            if predicate(status):
+                return status
+            if time.monotonic() > deadline:
+                raise AssertionError(f"status not reached within {timeout} s: {status}")
+            await sleep(0.1)
