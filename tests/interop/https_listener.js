@@ -5,10 +5,12 @@
 //                                                          "keyName": "defaultListener", "maxSeconds": 120}'
 //
 // hyco-https handles HTTP "request" messages only (its "accept" path references an undefined
-// Extensions), so this listener is for the HTTP mode of the relay.  Answers:
-//   GET  .../blob?size=N&seed=S[&writes=K]  200, N bytes sha256(S:counter) written in K writes
-//                                           (default 1), header x-body-sha256
-//   any other request (GET, POST, PUT ...)  200, JSON {method, url, received, sha256, headers}
+// Extensions), so this listener is for the HTTP mode of the relay.  Answers (any method; the
+// request body is read and hashed first; "delay=MS" in the query delays the answer):
+//   .../blob?size=N&seed=S[&writes=K]  200, N bytes sha256(S:counter) written in K writes
+//                                      (default 1); headers x-body-sha256, x-request-sha256
+//   .../status?code=C[&reason=R]       C R, no body; header x-request-sha256
+//   anything else                      200, JSON {method, url, received, sha256, headers}
 // Prints {"event": "listening"} and one {"event": "request", ...} line per request.
 
 const crypto = require('crypto');
@@ -33,11 +35,29 @@ const server = https.createRelayedServer(
         event: 'request', method: req.method, url: req.url, received: body.bytes,
         sha256: bodySha, headers: req.headers,
       });
-      if (req.method === 'GET' && url.pathname.endsWith('/blob')) {
+      const delay = Number(url.searchParams.get('delay') || '0');
+      if (delay > 0) {
+        setTimeout(() => answer(url, bodySha, body.bytes), delay);
+      } else {
+        answer(url, bodySha, body.bytes);
+      }
+    });
+
+    const answer = (url, bodySha, bodyBytes) => {
+      if (url.pathname.endsWith('/status')) {
+        const code = Number(url.searchParams.get('code') || '200');
+        res.writeHead(code, url.searchParams.get('reason') || undefined, {
+          'X-Listener': 'hyco-https', 'X-Request-Sha256': bodySha,
+        });
+        res.end();
+        return;
+      }
+      if (url.pathname.endsWith('/blob')) {
         const size = Number(url.searchParams.get('size') || '0');
         const writes = Math.max(1, Number(url.searchParams.get('writes') || '1'));
         const data = seededBytes(url.searchParams.get('seed') || '', size);
         res.setHeader('Content-Type', 'application/octet-stream');
+        res.setHeader('X-Request-Sha256', bodySha);
         res.setHeader('X-Body-Sha256', crypto.createHash('sha256').update(data).digest('hex'));
         if (writes === 1) {
           res.end(data);
@@ -48,12 +68,12 @@ const server = https.createRelayedServer(
         }
         return;
       }
-      const answer = Buffer.from(JSON.stringify({
-        method: req.method, url: req.url, received: body.bytes, sha256: bodySha, headers: req.headers,
+      const json = Buffer.from(JSON.stringify({
+        method: req.method, url: req.url, received: bodyBytes, sha256: bodySha, headers: req.headers,
       }));
       res.writeHead(200, 'OK', { 'Content-Type': 'application/json', 'X-Listener': 'hyco-https' });
-      res.end(answer);
-    });
+      res.end(json);
+    };
   }
 );
 

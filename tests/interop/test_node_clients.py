@@ -24,7 +24,8 @@ import shutil
 import ssl
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -213,13 +214,23 @@ class NodeClientsMixin:
                         harness.TEST_KEYS["defaultSender"])
 
     def request(self, conn: http.client.HTTPSConnection, method: str, target: str,
-                body: bytes | None = None,
+                body: bytes | Iterator[bytes] | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        status, _, response_headers, data = self.request_full(conn, method, target, body, headers)
+        return status, response_headers, data
+
+    def request_full(
+        self, conn: http.client.HTTPSConnection, method: str, target: str,
+        body: bytes | Iterator[bytes] | None = None, headers: dict[str, str] | None = None,
+    ) -> tuple[int, str, dict[str, str], bytes]:
+        """Status, reason, headers (lower-case names) and body of one request."""
         all_headers = {"ServiceBusAuthorization": self.send_token(), **(headers or {})}
-        conn.request(method, target, body=body, headers=all_headers)
+        conn.request(method, target, body=body, headers=all_headers,
+                     encode_chunked=body is not None and not isinstance(body, bytes))
         response = conn.getresponse()
         data = response.read()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
+        return (response.status, response.reason,
+                {k.lower(): v for k, v in response.getheaders()}, data)
 
 
 class HycoWsTests(NodeClientsMixin, unittest.TestCase):
@@ -442,3 +453,66 @@ class HycoHttpsTests(NodeClientsMixin, unittest.TestCase):
                 answer = json.loads(body)
                 self.assertEqual(answer["url"], target, f"step {step}")
                 self.assertEqual(answer["sha256"], sha256(data or b""), f"step {step}")
+
+    def test_large_request_and_large_response(self) -> None:
+        """Over 64 kB both ways: rendezvous for the body and for the answer."""
+        data = os.urandom(200_000)
+        status, headers, body = self.request(
+            self.https(), "PUT", f"/{HC}/blob?size=300000&seed=both", data)
+        self.assertEqual(status, 200, body[:500])
+        self.assertEqual(headers.get("x-request-sha256"), sha256(data))
+        self.assertEqual(sha256(body), sha256(seeded_bytes("both", 300_000)))
+
+    def test_chunked_request_body(self) -> None:
+        """A chunked upload (no Content-Length) arrives whole and byte-exact."""
+        parts = [os.urandom(n) for n in (1000, 70_000, 5)]
+        status, _, body = self.request(
+            self.https(), "POST", f"/{HC}/chunked", iter(parts),
+            {"Content-Type": "application/octet-stream"})
+        self.assertEqual(status, 200, body[:500])
+        answer = json.loads(body)
+        self.assertEqual(answer["received"], sum(map(len, parts)))
+        self.assertEqual(answer["sha256"], sha256(b"".join(parts)))
+
+    def test_status_reason_and_headers_pass_through(self) -> None:
+        conn = self.https()
+        status, reason, headers, body = self.request_full(
+            conn, "POST", f"/{HC}/status?code=418&reason=Short%20and%20stout", b"tea")
+        self.assertEqual((status, reason, body), (418, "Short and stout", b""))
+        self.assertEqual(headers.get("x-listener"), "hyco-https")
+        self.assertEqual(headers.get("x-request-sha256"), sha256(b"tea"))
+        # 204: hyco-https sends "body": false and then an empty binary message anyway.
+        status, _, headers, body = self.request_full(conn, "GET", f"/{HC}/status?code=204")
+        self.assertEqual((status, body), (204, b""))
+        # The stray empty message must not become the body of the next answer.
+        status, _, _, body = self.request_full(conn, "GET", f"/{HC}/after-204")
+        self.assertEqual(status, 200, body[:500])
+        self.assertEqual(json.loads(body)["url"], f"/{HC}/after-204")
+
+    def test_head_then_get_on_one_connection(self) -> None:
+        conn = self.https()
+        status, _, headers, body = self.request_full(conn, "HEAD", f"/{HC}/head")
+        self.assertEqual((status, body), (200, b""))
+        self.assertEqual(headers.get("x-listener"), "hyco-https")
+        status, _, _, body = self.request_full(conn, "GET", f"/{HC}/after-head")
+        self.assertEqual(status, 200, body[:500])
+        self.assertEqual(json.loads(body)["url"], f"/{HC}/after-head")
+
+    def test_concurrent_requests_do_not_mix(self) -> None:
+        """Eight senders at once, answers out of order, small and large bodies."""
+        sizes = [10, 70_000, 300, 150_000, 0, 65_000, 66_000, 1]
+
+        def one(i: int) -> tuple[int, str, str]:
+            data = os.urandom(sizes[i])
+            delay = (len(sizes) - i) * 40
+            status, _, body = self.request(
+                self.https(), "POST", f"/{HC}/c{i}?delay={delay}", data)
+            answer = json.loads(body) if status == 200 else {}
+            return status, answer.get("sha256", "") + answer.get("url", ""), (
+                sha256(data) + f"/{HC}/c{i}?delay={delay}")
+
+        with ThreadPoolExecutor(len(sizes)) as pool:
+            results = list(pool.map(one, range(len(sizes))))
+        for i, (status, got, want) in enumerate(results):
+            self.assertEqual(status, 200, f"request {i}")
+            self.assertEqual(got, want, f"request {i}")
