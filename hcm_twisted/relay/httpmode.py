@@ -3,14 +3,20 @@
 
 from __future__ import annotations
 
+import json
+import uuid
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote
 from xml.sax.saxutils import escape
 
+import attrs
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from hcm_twisted.core import messages
+from hcm_twisted.core.errors import MalformedInput
 from hcm_twisted.core.sas import TokenRejected
 from hcm_twisted.relay.auth import authorize_any, find_token
 
@@ -53,47 +59,342 @@ def error_xml(code: int, detail: str) -> bytes:
     ).encode()
 
 
+HOP_BY_HOP = frozenset({
+    "connection", "content-length", "host", "te", "trailer", "transfer-encoding", "upgrade",
+    "close", "keep-alive", "proxy-connection", "servicebusauthorization",
+})
+RESPONSE_DROP = frozenset({
+    "connection", "content-length", "transfer-encoding", "keep-alive", "upgrade", "trailer", "te",
+})
+MAX_INLINE_BODY = 64 * 1024
+MAX_INLINE_HEADERS = 32 * 1024
+
+
+def request_headers(request: Request, drop_authorization: bool) -> dict[str, str]:
+    """The sender's headers for the listener: no hop-by-hop headers, no relay auth."""
+    out: dict[str, str] = {}
+    for name, values in request.requestHeaders.getAllRawHeaders():
+        text = name.decode("latin-1")
+        lowered = text.lower()
+        if lowered in HOP_BY_HOP or (drop_authorization and lowered == "authorization"):
+            continue
+        out[text] = ", ".join(v.decode("latin-1") for v in values)
+    return out
+
+
+@attrs.define(eq=False)
+class PendingRequest:
+    """An HTTP sender's request travelling to a listener and its answer coming back."""
+
+    id: str
+    entity: Entity
+    request: Request
+    listener: RelayProtocol
+    message: messages.Request
+    body: bytes
+    rendezvous_only: bool
+    timer: IDelayedCall | None = None
+    rendezvous: RelayProtocol | None = None
+    sent_on_rendezvous: bool = False
+    responded: bool = False  # the response JSON arrived (status and headers are set)
+    streaming: RelayProtocol | None = None  # the connection the body arrives on
+    done: bool = False
+
+    def cancel_timer(self) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+
 class HttpMode:
-    """HTTP senders relayed to listeners as ``request`` messages."""
+    """HTTP senders relayed to listeners as ``request`` messages (spec section 7)."""
 
     _log = Logger()
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+        self.requests = 0
 
-    # Hooks called by RelayProtocol (filled in by the HTTP-mode implementation).
+    # -- the sender side ------------------------------------------------------
+
+    def handle(self, request: Request, entity: Entity, suffix: str) -> bytes | int:
+        from hcm_twisted.relay.auth import SEND, authorize
+        from hcm_twisted.relay.server import NOT_FOUND, remote_endpoint, strip_relay_query
+
+        raw = (request.uri or b"/").decode("latin-1")
+        path, _, query = raw.partition("?")
+        params = {k.lower(): v for k, v in parse_qsl(query, keep_blank_values=True)}
+        headers = {
+            k.decode("latin-1").lower(): v[-1].decode("latin-1")
+            for k, v in request.requestHeaders.getAllRawHeaders()
+        }
+        token, where = find_token(params, headers, http=True)
+        try:
+            authorize(self.hub.namespace, entity, SEND, token)
+        except TokenRejected as e:
+            return self._fail(request, e.status, e.reason)
+        listener = self.hub.pick_listener(entity, headers)
+        if listener is None:
+            return self._fail(request, 502, f"{NOT_FOUND} No listener is connected.",
+                              code="NoListener")
+        rid = str(uuid.uuid4())
+        kept = strip_relay_query(query)
+        target = path + (f"?{kept}" if kept else "")
+        scheme = "wss" if listener.secure else "ws"
+        address = (f"{scheme}://{listener.listener_host}/$hc/{path.lstrip('/')}"
+                   f"?sb-hc-action=request&sb-hc-id={rid}")
+        body = request.content.read() if request.content is not None else b""
+        message = messages.Request(
+            address=address, id=rid, request_target=target,
+            method=request.method.decode("latin-1"),
+            request_headers=request_headers(request, drop_authorization=where == "Authorization"),
+            body=bool(body), remote_endpoint=remote_endpoint(request.transport),
+        )
+        text = messages.encode(message).encode("utf-8")
+        rendezvous_only = len(body) > MAX_INLINE_BODY or len(text) > MAX_INLINE_HEADERS
+        pending = PendingRequest(rid, entity, request, listener, message, body, rendezvous_only)
+        pending.timer = self.hub.reactor.callLater(
+            self.hub.config.request_timeout, self._timed_out, pending
+        )
+        self.hub.pending[rid] = pending
+        self.requests += 1
+        request.notifyFinish().addBoth(self._sender_done, pending)
+        if rendezvous_only:
+            stub = messages.Request(address=address, id=rid)
+            listener.sendMessage(messages.encode(stub).encode("utf-8"), isBinary=False)
+        else:
+            listener.sendMessage(text, isBinary=False)
+            if body:
+                listener.sendMessage(body, isBinary=True)
+        self._log.info("request {id} {method} on {hc} sent to listener {listener}{rdv}",
+                       id=rid, method=message.method, hc=entity.name,
+                       listener=listener.listener_id,
+                       rdv=" (rendezvous only)" if rendezvous_only else "")
+        return NOT_DONE_YET
+
+    def _fail(self, request: Request, status: int, reason: str, code: str | None = None) -> bytes:
+        from hcm_twisted.relay.server import clean_reason
+
+        request.setResponseCode(status, clean_reason(reason, 200).encode("latin-1", "replace"))
+        request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        error = {"code": code or str(status), "message": reason}
+        return json.dumps({"error": error}).encode("utf-8")
+
+    def _timed_out(self, pending: PendingRequest) -> None:
+        pending.timer = None
+        if pending.done:
+            return
+        if pending.responded:
+            # A streaming response stalled: end what was sent so far.
+            self._log.info("request {id}: response body idle too long", id=pending.id)
+            self._finish(pending, abort=True)
+            return
+        self._log.info("request {id} on {hc}: no response in time", id=pending.id,
+                       hc=pending.entity.name)
+        pending.request.setResponseCode(504, b"Gateway Timeout")
+        pending.request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        pending.request.write(json.dumps({"error": {
+            "code": "GatewayTimeout",
+            "message": "The request was routed to the listener but the listener did not "
+                       "respond in the required time.",
+        }}).encode())
+        self._finish(pending)
+
+    def _sender_done(self, result: object, pending: PendingRequest) -> None:
+        if not pending.done:
+            # The sender went away before the answer was complete.
+            pending.done = True
+            self._cleanup(pending)
+            if pending.rendezvous is not None:
+                pending.rendezvous._send_close(1001, "The sender went away.")
+
+    def _cleanup(self, pending: PendingRequest) -> None:
+        pending.cancel_timer()
+        if self.hub.pending.get(pending.id) is pending:
+            del self.hub.pending[pending.id]
+        if pending.listener._http_body_for is pending:
+            pending.listener._http_body_for = None
+        if pending.streaming is not None:
+            try:
+                pending.request.unregisterProducer()
+            except Exception:  # noqa: S110
+                pass
+
+    def _finish(self, pending: PendingRequest, abort: bool = False) -> None:
+        if pending.done:
+            return
+        pending.done = True
+        self._cleanup(pending)
+        if abort:
+            transport = getattr(pending.request.channel, "transport", None)
+            if transport is not None:
+                transport.abortConnection()
+            return
+        try:
+            pending.request.finish()
+        except Exception as e:  # the sender's connection is gone
+            self._log.debug("request {id}: finish failed: {e}", id=pending.id, e=e)
+        rdv = pending.rendezvous
+        if rdv is not None and rdv.state == rdv.STATE_OPEN:
+            rdv._send_close(1000, "Request complete.")
+
+    def _respond(self, pending: PendingRequest, response: messages.Response,
+                 via: RelayProtocol) -> None:
+        from hcm_twisted.relay.server import clean_reason
+
+        request = pending.request
+        pending.responded = True
+        pending.cancel_timer()
+        desc = response.status_description or ""
+        request.setResponseCode(
+            response.status_code,
+            clean_reason(desc, 200).encode("latin-1", "replace") if desc else None,
+        )
+        for name, value in response.response_headers.items():
+            if name.lower() in RESPONSE_DROP:
+                continue
+            request.responseHeaders.addRawHeader(
+                name.encode("latin-1", "replace"), value.encode("latin-1", "replace")
+            )
+        request.responseHeaders.addRawHeader(b"Via", f"1.1 {self.hub.config.namespace}".encode())
+        if not response.body or request.method == b"HEAD":
+            if response.body:
+                pending.streaming = via  # swallow the body message
+            self._finish(pending)
+            return
+        pending.streaming = via
+        if via.role == "request":
+            from hcm_twisted.relay.server import _LegProducer
+
+            request.registerProducer(_LegProducer(via), True)
+        pending.timer = self.hub.reactor.callLater(
+            self.hub.config.request_timeout, self._timed_out, pending
+        )
+
+    # -- hooks called by RelayProtocol ----------------------------------------
+
+    def on_response(self, proto: RelayProtocol, response: messages.Response) -> None:
+        """A ``response`` on a control channel."""
+        pending = self.hub.pending.get(response.request_id)
+        if not isinstance(pending, PendingRequest) or pending.responded:
+            self._log.info("listener {id}: response for unknown request {rid}",
+                           id=proto.listener_id, rid=response.request_id[:80])
+            if response.body:
+                proto._http_body_for = _DISCARD
+            return
+        self._respond(pending, response, proto)
+        if response.body and not pending.done:
+            proto._http_body_for = pending
+        elif response.body:
+            proto._http_body_for = _DISCARD
+
+    def on_binary(self, proto: RelayProtocol, data: bytes) -> bool:
+        """A binary message on a control channel: a response body, if one is due."""
+        target = proto._http_body_for
+        if target is None:
+            return False
+        proto._http_body_for = None
+        if isinstance(target, PendingRequest) and not target.done:
+            if data:
+                target.request.write(data)
+            self._finish(target)
+        return True
+
+    def on_listener_gone(self, proto: RelayProtocol) -> None:
+        for pending in list(self.hub.pending.values()):
+            if (
+                isinstance(pending, PendingRequest) and pending.listener is proto
+                and pending.rendezvous is None and not pending.done
+            ):
+                if pending.responded:
+                    self._finish(pending, abort=True)
+                else:
+                    pending.request.write(self._fail(
+                        pending.request, 502, "The listener went away.", "ListenerGone"))
+                    self._finish(pending)
+
     def on_rendezvous(self, proto: RelayProtocol, rid: str, params: dict[str, str]) -> Any:
         from hcm_twisted.relay.server import deny
 
-        raise deny(403, "The rendezvous address is invalid or has expired.")
+        pending = self.hub.pending.get(rid)
+        if not isinstance(pending, PendingRequest) or pending.done or (
+            pending.rendezvous is not None
+        ):
+            raise deny(403, "The rendezvous address is invalid or has expired.")
+        proto.role = "request"
+        proto.request_id = rid
+        proto.entity = pending.entity
+        pending.rendezvous = proto
+        return None
 
     def on_rendezvous_open(self, proto: RelayProtocol) -> None:
-        pass
+        pending = self.hub.pending.get(proto.request_id or "")
+        if not isinstance(pending, PendingRequest):
+            proto._send_close(1001, "The request is gone.")
+            return
+        if pending.rendezvous_only and not pending.sent_on_rendezvous:
+            pending.sent_on_rendezvous = True
+            proto.sendMessage(messages.encode(pending.message).encode("utf-8"), isBinary=False)
+            if pending.body:
+                proto.sendMessage(pending.body, isBinary=True)
+            pending.body = b""
 
     def on_rendezvous_gone(self, proto: RelayProtocol) -> None:
-        pass
+        pending = self.hub.pending.get(proto.request_id or "")
+        if isinstance(pending, PendingRequest) and pending.rendezvous is proto and not pending.done:
+            if pending.responded:
+                self._finish(pending, abort=pending.streaming is proto)
+            else:
+                pending.rendezvous = None
+                if pending.rendezvous_only:
+                    pending.request.write(self._fail(
+                        pending.request, 502, "The listener dropped the rendezvous.",
+                        "ListenerGone"))
+                    self._finish(pending)
 
     def rendezvous_message_limit(self, proto: RelayProtocol, binary: bool) -> int:
-        return 0 if binary else messages.MAX_CONTROL_MESSAGE
+        pending = self.hub.pending.get(proto.request_id or "")
+        if binary and isinstance(pending, PendingRequest) and pending.streaming is proto:
+            return 0
+        return messages.MAX_CONTROL_MESSAGE if not binary else 256 * 1024
 
     def on_rendezvous_data(self, proto: RelayProtocol, payload: bytes) -> bool:
-        return False
+        """Body bytes of a response streaming on a rendezvous (written as they arrive)."""
+        pending = self.hub.pending.get(proto.request_id or "")
+        if not isinstance(pending, PendingRequest) or pending.streaming is not proto:
+            return False
+        if payload and not pending.done:
+            pending.request.write(payload)
+            if pending.timer is not None and pending.timer.active():
+                pending.timer.reset(self.hub.config.request_timeout)
+        return True
 
     def on_rendezvous_message(self, proto: RelayProtocol, data: bytes, binary: bool) -> None:
-        pass
+        pending = self.hub.pending.get(proto.request_id or "")
+        if not isinstance(pending, PendingRequest):
+            return
+        if binary:
+            if pending.streaming is proto:
+                self._finish(pending)
+            elif data:
+                proto._send_close(1003, "Unexpected binary message.")
+            return
+        try:
+            message = messages.parse(data)
+        except MalformedInput as e:
+            proto._send_close(1008, f"Malformed message: {e}"[:120])
+            return
+        if isinstance(message, messages.Response):
+            if message.request_id != pending.id or pending.responded:
+                self._log.info("rendezvous {id}: response for another request", id=pending.id)
+                return
+            self._respond(pending, message, proto)
+        elif not isinstance(message, messages.Unknown):
+            self._log.info("rendezvous {id}: ignoring {kind}", id=pending.id,
+                           kind=type(message).__name__)
 
-    def on_binary(self, proto: RelayProtocol, data: bytes) -> bool:
-        return False
 
-    def on_response(self, proto: RelayProtocol, response: messages.Response) -> None:
-        pass
-
-    def on_listener_gone(self, proto: RelayProtocol) -> None:
-        pass
-
-    def handle(self, request: Request, entity: Entity, suffix: str) -> bytes | int:
-        request.setResponseCode(502, b"Bad Gateway")
-        return b""
+_DISCARD = object()
 
 
 class RootResource(Resource):
@@ -116,8 +417,6 @@ class RootResource(Resource):
             request.setResponseCode(400, b"This endpoint is only for web-socket requests")
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return b"This endpoint is only for web-socket requests.\n"
-        from urllib.parse import parse_qsl, unquote
-
         found = self.hub.namespace.find(unquote(path.lstrip("/")))
         if found is None:
             request.setResponseCode(404, b"Not Found")
@@ -156,8 +455,19 @@ def set_nodelay_request(request: Request) -> None:
         set_nodelay(transport)
 
 
+def _access_log(timestamp: str, request: Request) -> str:
+    """An access-log line without the query string (it may hold a token)."""
+    path = (request.uri or b"/").split(b"?", 1)[0].decode("latin-1", "replace")
+    return (
+        f'"{request.getClientAddress().host}" "{request.method.decode("latin-1")} {path}" '
+        f"{request.code} {request.sentLength}"
+    )
+
+
 def make_site(hub: Hub) -> Site:
-    site = Site(RootResource(hub))
+    site = Site(RootResource(hub), logFormatter=_access_log)
+    if not hub.config.log_requests:
+        site.log = lambda request: None  # type: ignore[method-assign]
     site.displayTracebacks = False
     site.noisy = False
     return site

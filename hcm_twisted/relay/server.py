@@ -281,6 +281,7 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         self._ctl_failed = False
         self.pairs: list[tuple[str, str]] = []
         self._chosen: str | None = None
+        self._http_body_for: Any = None  # HTTP mode: whose response body comes next
 
     @property
     def hub(self) -> Hub:
