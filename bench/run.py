@@ -186,7 +186,7 @@ def make_profiler(outdir: FsPath, seconds: float) -> Callable[[Path, int], dict[
                 for pid in p.pids(role):
                     raw = outdir / f"profile-{direction}-{role.replace(' ', '-')}-{pid}.txt"
                     cmd = [spy, "record", "--pid", str(pid), "--duration", str(int(seconds)),
-                           "--rate", "250", "--format", "raw", "--nonblocking",
+                           "--rate", "200", "--format", "raw", "--native",
                            "--output", str(raw)]
                     procs.append((role, raw, subprocess.Popen(
                         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)))
@@ -210,36 +210,86 @@ def make_profiler(outdir: FsPath, seconds: float) -> Callable[[Path, int], dict[
     return hook
 
 
-def top_functions(raw: FsPath, n: int = 12) -> dict[str, Any]:
-    """Self and inclusive % per function from py-spy's collapsed-stack output."""
+def top_functions(raw: FsPath, n: int = 15) -> dict[str, Any]:
+    """Where the main thread's time goes, from py-spy's ``--native`` collapsed stacks.
+
+    Each sample is charged to its innermost Python frame (``self``: that function plus the
+    C code it called, e.g. a socket send or OpenSSL), ``inclusive`` to every Python frame
+    on the stack.  Samples blocked in ``epoll_wait`` are idle and left out; percentages
+    are of the busy samples.  ``native`` groups the innermost native frame (syscalls,
+    crypto, interpreter); other threads (Twisted's thread pool) are ignored.
+    """
     try:
         lines = raw.read_text().splitlines()
     except OSError as e:
         return {"error": str(e)}
     selfc: dict[str, int] = {}
     incl: dict[str, int] = {}
-    total = 0
+    files: dict[str, int] = {}
+    native: dict[str, int] = {}
+    total = idle = 0
     for line in lines:
         stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
+        if not count.isdigit() or not stack or "threading.py" in stack:
             continue
         c = int(count)
         total += c
-        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1]
-                  + ")" if " (" in f else f for f in stack.split(";")]
-        if frames:
-            selfc[frames[-1]] = selfc.get(frames[-1], 0) + c
-        for f in set(frames):
+        frames = stack.split(";")
+        leaf = frames[-1]
+        if leaf.startswith(("epoll_wait", "EPollReactor.doPoll")):
+            idle += c
+            continue
+        py = [_frame_name(f) for f in frames if ".py:" in f]
+        inner = py[-1] if py else "(no Python frame)"
+        selfc[inner] = selfc.get(inner, 0) + c
+        where = inner.rpartition("(")[2].rstrip(")")
+        files[where] = files.get(where, 0) + c
+        for f in set(py):
             incl[f] = incl.get(f, 0) + c
-    if not total:
-        return {"samples": 0}
+        kind = _native_kind(leaf)
+        native[kind] = native.get(kind, 0) + c
+    busy = total - idle
+    if not busy:
+        return {"samples": total, "busy": 0}
 
     def pct(d: dict[str, int]) -> list[tuple[str, float]]:
-        return [(k, round(100.0 * v / total, 1))
+        return [(k, round(100.0 * v / busy, 1))
                 for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:n]]
 
-    return {"samples": total, "file": str(raw), "self": pct(selfc),
-            "inclusive": pct(incl)}
+    return {"samples": total, "busy": busy, "file": str(raw), "self": pct(selfc),
+            "inclusive": pct(incl), "by_file": pct(files), "native": pct(native)}
+
+
+_SYSCALLS = ("send", "recv", "sendmsg", "recvmsg", "writev", "read", "write", "epoll_ctl",
+             "sendto", "recvfrom", "close", "accept4", "connect")
+
+
+def _native_kind(leaf: str) -> str:
+    func, _, where = leaf.partition(" (")
+    if ".py:" in leaf:
+        return "Python code"
+    if func in _SYSCALLS:
+        return f"syscall {func}"
+    if "_rust.abi3.so" in where or "libcrypto" in where or "libssl" in where:
+        return "OpenSSL (TLS, AES-GCM)"
+    if "_xormasker" in where or "nvx" in where.lower():
+        return "WebSocket masking (NVX)"
+    if "libpython" in where or ".c:" in where:
+        return "interpreter"
+    if func in ("malloc", "free", "realloc", "calloc") or func.startswith(("_int_", "__libc_")):
+        return "malloc"
+    if "libc.so" in where:
+        return "libc (memcpy etc.)"
+    return where.rstrip(")") or func
+
+
+def _frame_name(frame: str) -> str:
+    """``func (path/to/file.py:123)`` -> ``func (file.py)``."""
+    func, sep, where = frame.partition(" (")
+    if not sep:
+        return frame
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    return f"{func} ({path.rsplit('/', 1)[-1]})"
 
 
 # -- report -------------------------------------------------------------------------------
@@ -487,9 +537,13 @@ def print_profile(prof: dict[str, Any]) -> None:
             continue
         print(f"\nprofile, one stream {direction} ({d['bytes'] / MB:.0f} MB moved):")
         for role, top in d["processes"].items():
-            print(f"  {role}: {top.get('samples', 0)} samples")
+            print(f"  {role}: {top.get('busy', 0)} busy of {top.get('samples', 0)} samples")
             for fn, pc in top.get("self", [])[:10]:
                 print(f"    self {pc:5.1f}%  {fn}")
+            print("    by file: " + ", ".join(f"{f} {pc:.0f}%"
+                                            for f, pc in top.get("by_file", [])[:8]))
+            print("    native:  " + ", ".join(f"{f} {pc:.0f}%"
+                                            for f, pc in top.get("native", [])[:8]))
 
 
 if __name__ == "__main__":
