@@ -1,0 +1,271 @@
+"""The whole agent (``twist hcm``: master + workers) against a real ``hcm-relay``.
+
+app (blocking sockets here) -> hcm-sender (process) -> hcm-relay (process) -> agent workers
+(processes) -> echo endpoint (a thread here).  The ``hcm`` command is run as a real process
+where its output matters; polling uses the same admin client in-process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import socketserver
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from twisted.logger import Logger
+from twisted.trial.unittest import SynchronousTestCase
+
+from hcm_twisted.agent import admin
+from tests.e2e import harness
+from tests.e2e.relayfixture import Relay, start_relay
+
+
+_log = Logger()
+
+
+class _Echo(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+
+
+class _EchoServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def alive(pid: int) -> bool:
+    """Is ``pid`` a live process (zombies count as dead)?"""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float, step: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(step)
+    raise TimeoutError(f"{what}: not after {timeout} s (last: {last!r})")
+
+
+class AgentE2E(SynchronousTestCase):
+    relay: Relay
+    root: Path
+    echo: _EchoServer
+
+    def setUp(self) -> None:
+        # A short directory: the admin unix socket lives beside the agent's config.
+        self.root = Path(tempfile.mkdtemp(prefix="hcm-e2e-agent-", dir="/tmp"))  # noqa: S108
+        if not os.environ.get("HCM_KEEP_E2E"):
+            self.addCleanup(shutil.rmtree, self.root, ignore_errors=True)
+        self.echo = _EchoServer(("127.0.0.1", 0), _Echo)
+        threading.Thread(target=self.echo.serve_forever, daemon=True).start()
+        self.addCleanup(self.echo.server_close)
+        self.addCleanup(self.echo.shutdown)
+        port = self.echo.server_address[1]
+        metadata = json.dumps([{"key": "endpoint", "value": f"127.0.0.1:{port}"}])
+        self.relay = start_relay(
+            self.root / "relay", hcs=("hc1", "hc2", {"name": "hcmeta", "user-metadata": metadata}),
+        )
+        self.addCleanup(self.relay.stop)
+
+    # ---- helpers --------------------------------------------------------
+
+    @property
+    def echo_endpoint(self) -> str:
+        return f"127.0.0.1:{self.echo.server_address[1]}"
+
+    def start_agent(self, workers: int, hcs: list[str]) -> tuple[harness.Proc, Path]:
+        directory = Path(tempfile.mkdtemp(prefix="a-", dir=self.root))
+        path = directory / "hcm.toml"
+        doc: dict[str, Any] = {
+            "agent": {"workers": workers, "ca-certificates": str(self.relay.ca_path),
+                      "drain-timeout": 1},
+            "hybrid-connection": [
+                {"connection-string": self.relay.connection_string(hc), "endpoint": self.echo_endpoint}
+                for hc in hcs
+            ],
+        }
+        path.write_text(tomli_w.dumps(doc))
+        path.chmod(0o600)
+        proc = harness.twist("hcm", path, cwd=directory, name="hcm-agent")
+        self.addCleanup(self._stop, proc)
+        proc.wait_log(r"hcm agent ready", timeout=30)
+        return proc, path
+
+    def _stop(self, proc: harness.Proc) -> None:
+        proc.stop()
+        log = proc.log_path.read_text(errors="replace")
+        for key in harness.TEST_KEYS.values():
+            self.assertNotIn(key, log)
+
+    def status(self, path: Path) -> list[dict[str, Any]]:
+        endpoint = f"unix:{path.parent / 'hcm.sock'}"
+        code, body = admin.request(endpoint, "GET", "/status")
+        self.assertEqual(code, 200)
+        result: list[dict[str, Any]] = body
+        return result
+
+    def hc(self, path: Path, name: str) -> dict[str, Any] | None:
+        return next((i for i in self.status(path) if i["name"] == name), None)
+
+    def all_connected(self, path: Path, name: str, workers: int) -> dict[str, Any] | None:
+        item = self.hc(path, name)
+        if item is None or len(item["workers"]) != workers:
+            return None
+        if all(w["state"] == "connected" for w in item["workers"]):
+            return item
+        return None
+
+    def cli(self, path: Path, *args: str) -> Any:
+        result = harness.hcm_cli(["--config", str(path), *args])
+        for key in harness.TEST_KEYS.values():
+            self.assertNotIn(key, result.stdout + result.stderr)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        return result
+
+    def round_trip(self, port: int, size: int) -> None:
+        """Send ``size`` random bytes through the sender; the echo must return them all.
+
+        The connection is closed once every byte is back (half-close is covered by the
+        sender and bridge tests).
+        """
+        payload = os.urandom(size)
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sender = threading.Thread(target=s.sendall, args=(payload,))
+            sender.start()
+            received = hashlib.sha256()
+            count = 0
+            while count < size:
+                data = s.recv(65536)
+                if not data:
+                    break
+                received.update(data)
+                count += len(data)
+            sender.join(10)
+        self.assertEqual(count, size)
+        self.assertEqual(received.hexdigest(), hashlib.sha256(payload).hexdigest())
+
+    # ---- tests ----------------------------------------------------------
+
+    def test_two_workers(self) -> None:
+        """Both workers listen; `hcm show --json` says so; data crosses through the agent."""
+        agent, path = self.start_agent(2, ["hc1"])
+        wait_for("both workers connected", lambda: self.all_connected(path, "hc1", 2), 20)
+        shown = json.loads(self.cli(path, "show", "hc1", "--json").stdout)
+        self.assertIs(shown["connected"], True)
+        self.assertEqual(shown["endpoint"], self.echo_endpoint)
+        self.assertEqual([w["state"] for w in shown["workers"]], ["connected", "connected"])
+        pids = {w["pid"] for w in shown["workers"]}
+        self.assertEqual(len(pids), 2)
+        self.assertTrue(all(alive(pid) for pid in pids))
+        listed = json.loads(self.cli(path, "list", "--json").stdout)
+        self.assertEqual([i["name"] for i in listed], ["hc1"])
+
+        port = harness.free_port()
+        sender_path = path.parent / "hcm-sender.toml"
+        sender_path.write_text(tomli_w.dumps({
+            "ca-certificates": str(self.relay.ca_path),
+            "hybrid-connection": [{
+                "name": "hc1",
+                "connection-string": self.relay.connection_string("hc1", "defaultSender"),
+                "listen": f"tcp:{port}:interface=127.0.0.1",
+            }],
+        }))
+        sender = harness.twist("hcm-sender", sender_path, cwd=path.parent, name="hcm-sender")
+        self.addCleanup(sender.stop)
+        sender.wait_log(r"hcm-sender listening on", timeout=30)
+        for size in [1, 300_000, 1_000_000, 65536, 12345, 2_000_000]:
+            self.round_trip(port, size)
+
+        def counted() -> dict[str, Any] | None:
+            item = self.hc(path, "hc1")
+            assert item is not None
+            workers = item["workers"]
+            done = sum(w["accepted"] for w in workers) == 6 and sum(w["open"] for w in workers) == 0
+            return item if done else None
+
+        wait_for("6 accepted, none open", counted, 10)
+
+    def test_add_remove_live(self) -> None:
+        """`hcm add`/`remove` take effect in the running agent; other HCs are untouched."""
+        agent, path = self.start_agent(1, ["hc1"])
+        before = wait_for("hc1 connected", lambda: self.all_connected(path, "hc1", 1), 20)
+        out = self.cli(path, "add", self.relay.connection_string("hc2"), "--endpoint",
+                       self.echo_endpoint).stdout
+        self.assertIn("reloaded", out)
+        wait_for("hc2 connected", lambda: self.all_connected(path, "hc2", 1), 10)
+        # Without --endpoint: the endpoint comes from the HC's user metadata.
+        self.cli(path, "add", self.relay.connection_string("hcmeta"))
+        meta = wait_for("hcmeta connected", lambda: self.all_connected(path, "hcmeta", 1), 10)
+        self.assertEqual(meta["endpoint"], self.echo_endpoint)
+        self.assertEqual(meta["endpoint_source"], "metadata")
+        after = self.hc(path, "hc1")
+        assert after is not None
+        self.assertEqual(after["workers"][0]["pid"], before["workers"][0]["pid"])
+        self.assertEqual(after["workers"][0]["connected_since"], before["workers"][0]["connected_since"])
+        self.assertEqual(after["workers"][0]["reconnects"], before["workers"][0]["reconnects"])
+
+        self.cli(path, "remove", "hc1")
+        names = [i["name"] for i in self.status(path)]
+        self.assertEqual(names, ["hc2", "hcmeta"])
+        self.assertTrue(self.all_connected(path, "hc2", 1))
+        agent.wait_log(r"closing hybrid connection hc1", timeout=10)
+
+    def test_master_killed(self) -> None:
+        """When the master dies (SIGKILL), no worker is left within 2 s."""
+        agent, path = self.start_agent(2, ["hc1"])
+        item = wait_for("both workers connected", lambda: self.all_connected(path, "hc1", 2), 20)
+        pids = [w["pid"] for w in item["workers"]]
+        self.assertTrue(all(alive(pid) for pid in pids))
+        start = time.monotonic()
+        agent.kill()
+        wait_for("workers gone", lambda: not any(alive(pid) for pid in pids), 2.0, step=0.02)
+        took = time.monotonic() - start
+        self.assertLess(took, 2.0)
+        _log.info("workers gone {took:.2f} s after the master was killed", took=took)
+
+    def test_worker_killed(self) -> None:
+        """`kill -9` on one worker: a replacement listens within 5 s; the other is untouched."""
+        agent, path = self.start_agent(2, ["hc1"])
+        item = wait_for("both workers connected", lambda: self.all_connected(path, "hc1", 2), 20)
+        victim, survivor = item["workers"][0]["pid"], item["workers"][1]["pid"]
+        start = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+
+        def replaced() -> dict[str, Any] | None:
+            now = self.all_connected(path, "hc1", 2)
+            if now is None:
+                return None
+            pids = [w["pid"] for w in now["workers"]]
+            return now if victim not in pids and survivor in pids else None
+
+        now = wait_for("replacement connected", replaced, 5.0, step=0.05)
+        took = time.monotonic() - start
+        self.assertLess(took, 5.0)
+        _log.info("replacement worker listening {took:.2f} s after kill -9", took=took)
+        self.assertEqual(now["workers"][0]["restarts"], 1)
+        self.assertIn("signal 9", now["workers"][0]["last_exit"])
+        self.assertTrue(alive(survivor))
