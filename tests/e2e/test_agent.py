@@ -29,7 +29,6 @@ from hcm_twisted.agent import admin
 from tests.e2e import harness
 from tests.e2e.relayfixture import Relay, start_relay
 
-
 _log = Logger()
 
 
