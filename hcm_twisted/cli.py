@@ -32,6 +32,7 @@ DISPATCH = {
     "relay": "hcm_twisted.relay.cli",
     "sender": "hcm_twisted.sender.cli",
     "quickstart": "hcm_twisted.quickstart",
+    "test": "hcm_twisted.agent.diagnose",
 }
 AZURE_SUFFIX = ".servicebus.windows.net"
 
