@@ -271,6 +271,7 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         super().__init__()
         self._lapse: IDelayedCall | None = None
         self._half_close_timer: IDelayedCall | None = None
+        self._abort_timer: IDelayedCall | None = None
         self._queue: list[bytes] = []
         self._out_opcode = 2
         self._out_started = False
@@ -676,6 +677,25 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             peer.dropConnection(abort=False)
         return super().onCloseFrame(code, reasonRaw)  # type: ignore[arg-type]
 
+    def _closeConnection(self, abort: bool = False) -> None:
+        """After a clean closing handshake, flush what is queued (our Close included) first.
+
+        autobahn aborts a server's TCP as soon as the peer's Close arrives; a peer that
+        sent its Close on its own (not as an answer) may not have read ours yet.  A timer
+        aborts connections that do not drain.
+        """
+        if abort and self.wasClean and self.transport is not None:
+            abort = False
+            self._abort_timer = self.hub.reactor.callLater(
+                self.hub.config.close_timeout, self._abort_now
+            )
+        super()._closeConnection(abort)
+
+    def _abort_now(self) -> None:
+        self._abort_timer = None
+        if self.transport is not None:
+            self.transport.abortConnection()
+
     def _half_close_expired(self) -> None:
         self._half_close_timer = None
         peer = self.peer_leg
@@ -693,6 +713,9 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             self._teardown()
 
     def _teardown(self) -> None:
+        if self._abort_timer is not None and self._abort_timer.active():
+            self._abort_timer.cancel()
+        self._abort_timer = None
         if self._lapse is not None and self._lapse.active():
             self._lapse.cancel()
         self._lapse = None
