@@ -214,7 +214,8 @@ class Bridge:
             self.ws_gone = True
         if self.tcp is not None and not self.tcp_gone:
             self._resume_all()
-            self.tcp.transport.loseConnection()  # type: ignore[union-attr]
+            self._unregister_from_tcp()
+            self._close_tcp()
         if self.ws is not None and not self.ws_gone:
             self.ws.close_leg(ws_code, reason[:120])
         self._check_done()
@@ -344,14 +345,15 @@ class Bridge:
         """TCP will send nothing more: finish the WebSocket side of the stream."""
         if self.ws is None or self.ws_gone:
             if self.tcp is not None and not self.tcp_gone:
-                self.tcp.transport.loseConnection()  # type: ignore[union-attr]
+                self._close_tcp()
             return
         if self.close_reason is None:
             self.close_reason = "tcp closed"
         self.ws.close_leg(1000, None)
         if self.ws_peer_closed and self.tcp is not None and not self.tcp_gone:
             # Both directions are finished.
-            self.tcp.transport.loseConnection()  # type: ignore[union-attr]
+            self._unregister_from_tcp()
+            self._close_tcp()
 
     # WebSocket -> TCP
 
@@ -389,16 +391,36 @@ class Bridge:
             # TCP is done too: answer the Close and end TCP.
             if self.ws is not None:
                 self.ws.close_leg(1000, None)
-            self.tcp.transport.loseConnection()  # type: ignore[union-attr]
+            self._unregister_from_tcp()
+            self._close_tcp()
             return
         transport: Any = self.tcp.transport
         self._tcp_write_shut = True
+        self._unregister_from_tcp()
         if IHalfCloseableDescriptor.providedBy(transport):
             transport.loseWriteConnection()  # type: ignore[attr-defined]  # plain TCP only
         else:
             transport.loseConnection()
         if self.linger and self._linger_call is None:
             self._linger_call = self._reactor.callLater(self.linger, self._linger_over)
+
+    def _unregister_from_tcp(self) -> None:
+        """Nothing more comes from the WebSocket: take its valve off the TCP transport.
+
+        Twisted does not (half-)close a transport while a producer is registered:
+        when the buffer drains with the producer paused it resumes the producer
+        instead, and the close never happens.
+        """
+        if self.tcp is None or self.tcp_gone:
+            return
+        transport: Any = self.tcp.transport
+        valve = self._ws_valve
+        if valve is None:
+            return
+        producer = getattr(transport, "producer", None)
+        if producer is not None and producer is valve:
+            transport.unregisterProducer()
+        valve.resume("peer-buffer")
 
     def _linger_over(self) -> None:
         self._linger_call = None
@@ -413,7 +435,8 @@ class Bridge:
                 transport: Any = self.ws.transport
                 transport.loseConnection()
             if self.tcp is not None and not self.tcp_gone:
-                self.tcp.transport.loseConnection()  # type: ignore[union-attr]
+                self._unregister_from_tcp()
+                self._close_tcp()
 
     def ws_lost(self, code: int | None, reason: str | None, opened: bool) -> None:
         """The WebSocket connection is gone (``opened``: it had been open)."""
@@ -442,7 +465,30 @@ class Bridge:
 
     def _on_ws_gone(self) -> None:
         if self.tcp is not None and not self.tcp_gone:
-            self.tcp.transport.loseConnection()  # type: ignore[union-attr]
+            self._close_tcp()
+
+    def _close_tcp(self, half: bool = False) -> None:
+        """Close (or half-close) TCP after flushing.
+
+        The WebSocket's valve is unregistered first: Twisted does not finish a
+        pending ``loseConnection``/``loseWriteConnection`` when the buffer drains
+        while a streaming producer is registered and paused (it resumes the
+        producer instead).
+        """
+        if self.tcp is None or self.tcp_gone:
+            return
+        transport: Any = self.tcp.transport
+        if transport.producer is not None if hasattr(transport, "producer") else False:
+            try:
+                transport.unregisterProducer()
+            except Exception:  # noqa: S110
+                pass
+        if self._ws_valve is not None:
+            self._ws_valve.resume("peer-buffer")
+        if half and IHalfCloseableDescriptor.providedBy(transport):
+            transport.loseWriteConnection()  # plain TCP (TLS cannot half-close)
+        else:
+            transport.loseConnection()
 
     def _resume_all(self) -> None:
         for valve in (self._tcp_valve, self._ws_valve):
