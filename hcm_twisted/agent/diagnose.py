@@ -453,9 +453,13 @@ class Checker:
         return True
 
     async def _metadata_endpoint(self, cs: ConnectionString) -> str:
+        from twisted.web.client import Agent
+
         from hcm_twisted.agent import metadata
 
-        agent = metadata.make_agent(self.reactor, self.target.ca_certificates)
+        factory = proxy.AgentEndpointFactory(
+            self.reactor, self._tls_options, self.target.proxy, self.target.no_proxy, self.timeout)
+        agent = Agent.usingEndpointFactory(self.reactor, factory)
         return await metadata.fetch_endpoint(agent, cs, self.now(), self.reactor)
 
     async def _end_to_end(self, via: str | None, ready: bool) -> None:

@@ -36,13 +36,13 @@ from __future__ import annotations
 import base64
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import attrs
 from twisted.internet import defer, error
-from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import (
     IAddress,
     IProtocol,
@@ -53,6 +53,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from hcm_twisted.core.errors import MalformedInput
@@ -532,6 +533,43 @@ class HTTPConnectProxyEndpoint:
 
     def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IProtocol]:
         return _Attempt(self, protocolFactory).result
+
+
+@implementer(IAgentEndpointFactory)
+class AgentEndpointFactory:
+    """Endpoints for ``twisted.web.client.Agent`` that honour the proxy choice.
+
+    ``Agent.usingEndpointFactory(reactor, AgentEndpointFactory(reactor, tls_options_for))``
+    gives a web client whose ``https://`` requests (e.g. the runtime GET of an HC's user
+    metadata) are tunnelled like the WebSocket connections: ``tls_options_for(host)``
+    gives the TLS client options; ``configured``/``no_proxy`` as :func:`resolve_proxy`.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        tls_options_for: Callable[[str], Any],
+        configured: str | None = None,
+        no_proxy: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.tls_options_for = tls_options_for
+        self.configured = configured
+        self.no_proxy = no_proxy
+        self.timeout = timeout
+        self.env = env
+
+    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:  # noqa: N802 (Twisted API)
+        host = uri.host.decode("idna") if isinstance(uri.host, bytes) else str(uri.host)
+        host = host.strip("[]")
+        port = int(uri.port)
+        via = resolve_proxy(host, port, self.configured, self.no_proxy, self.env)
+        endpoint = endpoint_for(self.reactor, host, port, via, self.timeout)
+        if uri.scheme in (b"https", "https"):
+            endpoint = wrapClientTLS(self.tls_options_for(host), endpoint)
+        return endpoint
 
 
 def endpoint_for(

@@ -390,3 +390,30 @@ class SelectionTests(SynchronousTestCase):
         self.assertEqual(ep.proxy.address(), "proxy:3128")
         self.assertIsInstance(ep.proxy_endpoint, HostnameEndpoint)
         self.assertRaises(MalformedInput, endpoint_for, reactor, "h", 1, "ftp://x", 3)
+
+
+class AgentEndpointFactoryTests(SynchronousTestCase):
+    def test_endpoints(self) -> None:
+        from twisted.web.client import URI
+
+        from hcm_twisted.core.proxy import AgentEndpointFactory
+
+        hosts: list[str] = []
+
+        def options(host: str) -> object:
+            hosts.append(host)
+            return object()
+
+        reactor = MemoryReactorClock()
+        f = AgentEndpointFactory(reactor, options, "http://proxy:3128", no_proxy="direct.example")
+        ep: Any = f.endpointForURI(URI.fromBytes(b"https://ns.example:9443/hc1?api-version=1"))
+        inner = ep._wrappedEndpoint
+        assert isinstance(inner, HTTPConnectProxyEndpoint)
+        self.assertEqual((inner.host, inner.port, inner.proxy.address()), ("ns.example", 9443, "proxy:3128"))
+        self.assertEqual(hosts, ["ns.example"])
+        ep = f.endpointForURI(URI.fromBytes(b"https://direct.example/"))
+        self.assertIsInstance(ep._wrappedEndpoint, HostnameEndpoint)
+        ep = f.endpointForURI(URI.fromBytes(b"http://[::1]:8080/"))
+        assert isinstance(ep, HTTPConnectProxyEndpoint)
+        self.assertEqual((ep.host, ep.port), ("::1", 8080))
+        self.assertEqual(hosts, ["ns.example", "direct.example"])  # no TLS for http://

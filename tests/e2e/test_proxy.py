@@ -170,6 +170,32 @@ class TinyproxyTests(TestCase):
         self.assertIn(f"CONNECT 127.0.0.1:{target} HTTP/1.1", self.access_log.read_text())
 
     @defer.inlineCallbacks
+    def test_web_client_through_proxy(self) -> Any:
+        from twisted.web import resource, server
+        from twisted.web.client import Agent, readBody
+
+        from hcm_twisted.core.proxy import AgentEndpointFactory
+
+        class Hello(resource.Resource):
+            isLeaf = True
+
+            def render_GET(self, request: Any) -> bytes:
+                return b"runtime info"
+
+        target = yield self._listen(server.Site(Hello()))
+        _, pport = self._proxy(target)
+        proxy_url = f"http://{USER}:{PASSWORD}@127.0.0.1:{pport}"
+        agent = Agent.usingEndpointFactory(
+            reactor,
+            AgentEndpointFactory(reactor, lambda host: tls.client_options(host, self.cas), proxy_url),
+        )
+        response = yield agent.request(b"GET", f"https://127.0.0.1:{target}/hc1".encode())
+        body = yield readBody(response)
+        self.assertEqual((response.code, body), (200, b"runtime info"))
+        self.assertIn(f"CONNECT 127.0.0.1:{target} HTTP/1.1", self.access_log.read_text())
+        yield agent._pool.closeCachedConnections()
+
+    @defer.inlineCallbacks
     def test_port_not_allowed(self) -> Any:
         target = yield self._listen(protocol.Factory.forProtocol(Echo))
         _, pport = self._proxy(target + 1 if target < 65535 else target - 1, auth=False)
