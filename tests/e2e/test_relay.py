@@ -257,6 +257,31 @@ class AuthTests(RelayTestCase):
         self.assertIn("MaximumListenersPerEndpoint", err.reason)
 
 
+class KeyTests(RelayTestCase):
+    async def test_regenerated_key_takes_effect_in_a_running_relay(self) -> None:
+        """hcm relay regenerate-key: old key refused at once, the new one accepted."""
+        from hcm_twisted.core import connstr
+        from tests.e2e import harness
+
+        await self.listen()
+        result = harness.hcm_cli(["relay", "regenerate-key", "--config",
+                                  str(self.relay.config_path), "defaultListener", "--hc", "hc1"])
+        self.assertEqual(result.returncode, 0, result.stderr)
+        new_key = result.stdout.strip()
+        self.assertNotEqual(new_key, LISTEN_KEY)
+        self.assertNotIn(new_key, self.relay.output())
+        err = await self.handshake_error(rc.connect(
+            rc.listen_url(self.port, "hc1", tok=self.listen_token()), self.ca))
+        self.assertEqual(err.status, 401)
+        tok = rc.token(self.port, "hc1", "defaultListener", new_key)
+        await self.listen(token=tok)
+        result = harness.hcm_cli(["relay", "connection-string", "--config",
+                                  str(self.relay.config_path), "hc1", "--rule", "defaultListener"])
+        self.assertEqual(result.returncode, 0, result.stderr)
+        cs = connstr.parse(result.stdout.strip())
+        self.assertEqual((cs.key, cs.port, cs.entity_path), (new_key, self.port, "hc1"))
+
+
 class RenewTests(RelayTestCase):
     extra_toml = "token-grace = 1"
 
@@ -300,4 +325,4 @@ class RenewTests(RelayTestCase):
 
 
 if os.environ.get("HCM_SKIP_E2E"):
-    del ConnectTests, AuthTests, RenewTests
+    del ConnectTests, AuthTests, KeyTests, RenewTests
