@@ -59,17 +59,29 @@ class AgentService(service.MultiService):
         supervisor.setServiceParent(self)
 
     def startService(self) -> None:  # noqa: N802 (Twisted API)
-        super().startService()
+        """Listen on the admin endpoint first: if that fails, no worker is started."""
+        service.Service.startService(self)
         _prepare_unix_socket(self.admin_endpoint)
         try:
             endpoint = endpoints.serverFromString(self.reactor, self.admin_endpoint)
         except (ValueError, KeyError, TypeError) as e:
-            self._log.critical("bad admin endpoint {endpoint!r}: {error}",
-                               endpoint=self.admin_endpoint, error=str(e))
-            self.reactor.callWhenRunning(self.reactor.stop)
+            self._abort(f"bad admin endpoint {self.admin_endpoint!r}: {e}")
             return
+        outcome: list[Any] = []
         d = endpoint.listen(admin.make_site(self.supervisor))
-        d.addCallbacks(self._listening, self._failed)
+        d.addBoth(outcome.append)
+        if outcome and isinstance(outcome[0], Failure):
+            self._abort(
+                f"cannot listen on the admin endpoint {self.admin_endpoint}"
+                f" (is another agent running?): {outcome[0].getErrorMessage()}"
+            )
+            return
+        for child in self:
+            child.startService()
+        if outcome:
+            self._listening(outcome[0])
+        else:  # an endpoint that listens later
+            d.addCallbacks(self._listening, self._failed)
 
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
@@ -90,10 +102,21 @@ class AgentService(service.MultiService):
         )
         self.reactor.callWhenRunning(self.reactor.stop)
 
+    def _abort(self, message: str) -> None:
+        self._log.critical("{message}", message=message)
+        self.running = False
+        if self.reactor.running:
+            self.reactor.stop()
+            return
+        raise SystemExit(f"hcm: {message}")
+
     def stopService(self) -> Any:  # noqa: N802 (Twisted API)
         if self.port is not None:
             self.port.stopListening()
             self.port = None
+        if not self.supervisor.running:
+            service.Service.stopService(self)
+            return None
         return super().stopService()
 
 

@@ -699,3 +699,21 @@ class TapTests(SynchronousTestCase):
         reactor.advance(0)
         reactor.advance(1)
         self.successResultOf(d)
+
+    def test_admin_listen_fails(self) -> None:
+        """If the admin endpoint is taken, no worker starts and the program exits naming it."""
+        path = Path(self.mktemp())
+        write_config(path, extra='admin = "tcp:7777:interface=127.0.0.1"')
+        options = tap.Options()
+        options.parseOptions(["--config", str(path)])
+
+        class Busy(FakeProcessReactor):
+            def listenTCP(self, port: int, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
+                raise error.CannotListenError("127.0.0.1", port, OSError(98, "Address in use"))
+
+        reactor = Busy()
+        svc = tap.makeService(options, reactor=reactor)
+        with self.assertRaises(SystemExit) as cm:
+            svc.startService()
+        self.assertIn("tcp:7777", str(cm.exception.code))
+        self.assertEqual(reactor.processes, [])
