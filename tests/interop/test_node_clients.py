@@ -262,6 +262,9 @@ class HycoWsTests(NodeClientsMixin, unittest.TestCase):
         self.assertEqual(result["listener"]["text_messages"], 2)
         self.assertEqual(result["close_code"], 1000)
         self.assertFalse(closed.get("incomplete", False), closed)
+        # The sender's Close (1000 "done") reaches the listener, and the TCP ends cleanly: a reset
+        # makes ws 1.1.5 report 1006 even after a complete closing handshake.
+        self.assertEqual((closed["code"], closed["reason"]), (1000, "done"))
 
     def test_both_directions(self) -> None:
         """1 MiB sender -> listener and a different 1 MiB listener -> sender at the same time."""
@@ -274,6 +277,30 @@ class HycoWsTests(NodeClientsMixin, unittest.TestCase):
         self.assertEqual(result["received_sha256"], closed["sent_sha256"])
         self.assertNotEqual(result["received_sha256"], result["sent_sha256"])
         self.assertEqual(result["close_code"], 1000)
+
+    def test_listener_closes_after_its_data(self) -> None:
+        """The listener sends 1 MiB and closes at once: every byte arrives before the close."""
+        result = self.run_sender({"mode": "reply", "size": 1000, "replySize": MIB,
+                                  "listenerCloses": True})
+        closed = self.listener_closed(1)
+        self.assertEqual((result["received"], closed["sent"]), (MIB, MIB))
+        self.assertEqual(result["received_sha256"], closed["sent_sha256"])
+        self.assertEqual(closed["received_sha256"], result["sent_sha256"])
+        self.assertEqual(closed["code"], 1000)
+        # The sender only answered the listener's Close, which the relay passed on as it was.
+        self.assertEqual((result["close_code"], result["close_reason"]), (1000, "listener done"))
+
+    def test_sender_leaves_early(self) -> None:
+        """The sender closes after the first message of 4 MiB: the close reaches the listener.
+
+        (What the relay still forwards after the sender's Close is up to it: half-close.)
+        """
+        result = self.run_sender({"mode": "reply", "size": 0, "replySize": 4 * MIB,
+                                  "closeEarly": True})
+        self.assertEqual(result["close_code"], 1000)
+        closed = self.listener_closed(1)
+        self.assertEqual((closed["code"], closed["reason"]), (1000, "sender leaves early"))
+        self.assertEqual(closed["sent"], 4 * MIB)
 
     def test_two_senders_one_after_the_other(self) -> None:
         """The listener keeps its control channel: a second connection is accepted too."""

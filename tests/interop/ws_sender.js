@@ -3,7 +3,8 @@
 //
 //   HCM_INTEROP_KEY=<send key> node ws_sender.js '{"url": "wss://localhost:PORT/$hc/hc1?sb-hc-action=connect",
 //       "keyName": "defaultSender", "mode": "echo"|"reply", "size": N, "replySize": M, "timeout": 60,
-//       "protocols": ["chat", "superchat"], "headers": {...}, "tokenIn": "header"|"query" (optional)}'
+//       "protocols": ["chat", "superchat"], "headers": {...}, "tokenIn": "header"|"query",
+//       "listenerCloses": true, "closeEarly": true (optional)}'
 //
 // Sends N random bytes (binary messages of 1 B .. 64 KiB plus one of 300 KiB) after a text hello
 // (see ws_listener.js), receives the echo (mode "echo") or the listener's own M bytes (mode
@@ -46,7 +47,7 @@ if (cfg.headers) Object.assign(headers, cfg.headers);
 const onOpen = () => {
   opened = true;
   const expect = size;
-  const hello = { mode: mode, expect: expect, size: replySize };
+  const hello = { mode: mode, expect: expect, size: replySize, closeAfter: Boolean(cfg.listenerCloses) };
   ws.send(JSON.stringify(hello));
   if (mode === 'echo') ws.send('text passes as text');
   let left = size;
@@ -74,13 +75,20 @@ const wanted = () => (mode === 'echo' ? size : replySize);
 const maybeFinish = () => {
   if (done || listenerStats === null || received.bytes < wanted()) return;
   done = true;
-  ws.close(1000, 'done');
+  // With "listenerCloses" the listener closes first and we only answer its Close.
+  if (!cfg.listenerCloses) ws.close(1000, 'done');
 };
 
 ws.on('message', (data, flags) => {
   if (flags && flags.binary) {
     received.update(data);
     receivedSizes.push(data.length);
+    if (cfg.closeEarly && !done) {
+      // Leave in the middle of the listener's data: the listener must see the close.
+      done = true;
+      ws.close(1000, 'sender leaves early');
+      return;
+    }
   } else {
     const text = String(data);
     if (text.startsWith('{"stats"')) {
@@ -121,6 +129,7 @@ ws.on('close', (code, reason) => {
     echoed_text: echoedText,
     listener: listenerStats,
     close_code: code,
+    close_reason: reason || '',
     ms: Date.now() - started,
   });
   process.exit(0);
