@@ -214,7 +214,6 @@ class Bridge:
             self.ws_gone = True
         if self.tcp is not None and not self.tcp_gone:
             self._resume_all()
-            self._unregister_from_tcp()
             self._close_tcp()
         if self.ws is not None and not self.ws_gone:
             self.ws.close_leg(ws_code, reason[:120])
@@ -352,7 +351,6 @@ class Bridge:
         self.ws.close_leg(1000, None)
         if self.ws_peer_closed and self.tcp is not None and not self.tcp_gone:
             # Both directions are finished.
-            self._unregister_from_tcp()
             self._close_tcp()
 
     # WebSocket -> TCP
@@ -391,16 +389,10 @@ class Bridge:
             # TCP is done too: answer the Close and end TCP.
             if self.ws is not None:
                 self.ws.close_leg(1000, None)
-            self._unregister_from_tcp()
             self._close_tcp()
             return
-        transport: Any = self.tcp.transport
         self._tcp_write_shut = True
-        self._unregister_from_tcp()
-        if IHalfCloseableDescriptor.providedBy(transport):
-            transport.loseWriteConnection()  # type: ignore[attr-defined]  # plain TCP only
-        else:
-            transport.loseConnection()
+        self._close_tcp(half=True)
         if self.linger and self._linger_call is None:
             self._linger_call = self._reactor.callLater(self.linger, self._linger_over)
 
@@ -433,9 +425,10 @@ class Bridge:
             if self.ws is not None and not self.ws_gone:
                 self.ws.close_leg(1000, None)
                 transport: Any = self.ws.transport
+                if getattr(transport, "producer", None) is not None:
+                    transport.unregisterProducer()
                 transport.loseConnection()
             if self.tcp is not None and not self.tcp_gone:
-                self._unregister_from_tcp()
                 self._close_tcp()
 
     def ws_lost(self, code: int | None, reason: str | None, opened: bool) -> None:
@@ -478,15 +471,9 @@ class Bridge:
         if self.tcp is None or self.tcp_gone:
             return
         transport: Any = self.tcp.transport
-        if transport.producer is not None if hasattr(transport, "producer") else False:
-            try:
-                transport.unregisterProducer()
-            except Exception:  # noqa: S110
-                pass
-        if self._ws_valve is not None:
-            self._ws_valve.resume("peer-buffer")
+        self._unregister_from_tcp()
         if half and IHalfCloseableDescriptor.providedBy(transport):
-            transport.loseWriteConnection()  # plain TCP (TLS cannot half-close)
+            transport.loseWriteConnection()  # type: ignore[attr-defined]  # plain TCP only
         else:
             transport.loseConnection()
 

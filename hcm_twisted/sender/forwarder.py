@@ -1,0 +1,283 @@
+# -*- test-case-name: tests.sender.test_forwarder -*-
+"""The app side: local TCP ports forwarded through Hybrid Connections.
+
+For each accepted TCP connection the :class:`Forwarder` of its HC opens a
+sender WebSocket (``wss://{ns}/$hc/{hc}?sb-hc-action=connect``, a freshly
+minted token in ``ServiceBusAuthorization``, TLS verified) and splices both
+with :class:`hcm_twisted.core.bridge.Bridge`.  The app's connection stays
+paused until the relay has joined a listener.  When the relay refuses (no
+listener: 404, rejection by the listener, auth failure) or cannot be reached,
+the app's connection is closed at once and the reason (status and
+description, never a secret) is logged and counted.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import attrs
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint, serverFromString, wrapClientTLS
+from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from hcm_twisted.core import sas, tls, urls
+from hcm_twisted.core.bridge import Bridge, BridgeClientFactory, TcpLeg
+from hcm_twisted.core.errors import MalformedInput
+from hcm_twisted.sender.config import SenderConfig, SenderHc, listen_description
+
+USER_AGENT = "hcm-twisted-sender"
+#: Seconds between attempts to read DNS-mode metadata or to listen, after a failure.
+RETRY_INTERVAL = 30.0
+
+
+@attrs.define(eq=False)
+class HcStats:
+    """Counters for one HC."""
+
+    accepted: int = 0
+    open: int = 0
+    joined: int = 0
+    failed: int = 0
+    bytes_to_relay: int = 0
+    bytes_from_relay: int = 0
+    last_error: str | None = None
+    failures_by_reason: dict[str, int] = attrs.field(factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+class _AppLeg(TcpLeg):
+    """An accepted app connection: opens its sender WebSocket once connected."""
+
+    def __init__(self, bridge: Bridge, forwarder: Forwarder) -> None:
+        super().__init__(bridge)
+        self.forwarder = forwarder
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.forwarder.connection_accepted(self)
+
+
+class Forwarder(Factory):
+    """Accepts app connections for one HC and forwards each through the relay."""
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        hc: SenderHc,
+        reactor: Any,
+        ca_certificates: tuple[str, ...] = (),
+        token_lifetime: float = 3600.0,
+        connect_timeout: float = 30.0,
+        linger: float = 60.0,
+    ) -> None:
+        self.hc = hc
+        self._reactor = reactor
+        self.token_lifetime = token_lifetime
+        self.connect_timeout = connect_timeout
+        self.linger = linger
+        self.stats = HcStats()
+        self.bridges: set[Bridge] = set()
+        cs = hc.connection_string
+        self._tls = tls.client_options(cs.host, tls.load_ca_certificates(list(ca_certificates)))
+        self.url = urls.connect_url(cs)
+
+    # -- accepting -----------------------------------------------------------
+
+    def buildProtocol(self, addr: Any) -> _AppLeg:
+        bridge = Bridge(reactor=self._reactor, linger=self.linger, name=self.hc.name)
+        return _AppLeg(bridge, self)
+
+    def connection_accepted(self, leg: _AppLeg) -> None:
+        bridge = leg.bridge
+        self.stats.accepted += 1
+        self.stats.open += 1
+        self.bridges.add(bridge)
+        peer = _peer(leg.transport)
+        bridge.when_done().addCallback(self._finished, peer)
+        factory = BridgeClientFactory(
+            self.url, bridge, headers=self.headers(), reactor=self._reactor,
+            useragent=USER_AGENT,
+        )
+        factory.setProtocolOptions(openHandshakeTimeout=self.connect_timeout)
+        d = self.relay_endpoint().connect(factory)
+        d.addErrback(self._connect_failed, bridge)
+
+    def headers(self) -> dict[str, str]:
+        """The handshake headers: a sender token unless the HC is anonymous."""
+        cs = self.hc.connection_string
+        if cs.sas:
+            return {"ServiceBusAuthorization": cs.sas}
+        if cs.key_name and cs.key:
+            token = sas.mint(
+                sas.audience_for(cs.host, self.hc.entity), cs.key_name, cs.key,
+                lifetime=self.token_lifetime, now=time.time(),
+            )
+            return {"ServiceBusAuthorization": token}
+        return {}
+
+    def relay_endpoint(self) -> IStreamClientEndpoint:
+        cs = self.hc.connection_string
+        tcp = HostnameEndpoint(self._reactor, cs.host, cs.port, timeout=self.connect_timeout)
+        return wrapClientTLS(self._tls, tcp)
+
+    def _connect_failed(self, failure: Failure, bridge: Bridge) -> None:
+        bridge.fail(f"cannot reach the relay: {failure.getErrorMessage()}")
+
+    def _finished(self, bridge: Bridge, peer: str) -> None:
+        self.bridges.discard(bridge)
+        self.stats.open -= 1
+        self.stats.bytes_to_relay += bridge.bytes_to_ws
+        self.stats.bytes_from_relay += bridge.bytes_to_tcp
+        if bridge.joined:
+            self.stats.joined += 1
+            self._log.debug(
+                "{hc}: connection from {peer} closed ({up} bytes out, {down} bytes in)",
+                hc=self.hc.name, peer=peer, up=bridge.bytes_to_ws, down=bridge.bytes_to_tcp,
+            )
+            return
+        reason = bridge.failure or bridge.close_reason or "closed before the relay answered"
+        self.stats.failed += 1
+        self.stats.last_error = reason
+        key = reason.split(" ", 1)[0] if reason[:3].isdigit() else reason.split(":", 1)[0]
+        self.stats.failures_by_reason[key] = self.stats.failures_by_reason.get(key, 0) + 1
+        self._log.warn(
+            "{hc}: connection from {peer} closed, the relay did not connect it: {reason}",
+            hc=self.hc.name, peer=peer, reason=reason,
+        )
+
+    def close_all(self, reason: str) -> None:
+        for bridge in list(self.bridges):
+            bridge.fail(reason, ws_code=1001)
+
+
+def _peer(transport: Any) -> str:
+    try:
+        address = transport.getPeer()
+    except Exception:
+        return "?"
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is None:
+        return str(address)
+    return f"{host}:{port}"
+
+
+def _host_of(port: IListeningPort) -> str:
+    address: Any = port.getHost()
+    host = getattr(address, "host", None)
+    if host is None:
+        return str(getattr(address, "name", address))
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{address.port}"
+
+
+class SenderService(service.Service):
+    """Listens for every configured HC; resolves DNS-mode endpoints first."""
+
+    _log = Logger()
+
+    def __init__(self, config: SenderConfig, reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        self.config = config
+        self._reactor = reactor
+        self.forwarders: dict[str, Forwarder] = {}
+        self.ports: dict[str, IListeningPort] = {}
+        self.endpoints: dict[str, str] = {}
+        self._retries: dict[str, Any] = {}
+        self._stopping = False
+        for hc in config.hybrid_connections:
+            self.forwarders[hc.name] = Forwarder(
+                hc, reactor, config.ca_certificates, config.token_lifetime,
+                config.connect_timeout, config.linger,
+            )
+
+    def startService(self) -> None:
+        super().startService()
+        self._stopping = False
+        for hc in self.config.hybrid_connections:
+            self._start(hc)
+
+    def _start(self, hc: SenderHc) -> None:
+        self._retries.pop(hc.name, None)
+        d = defer.ensureDeferred(self._listen(hc))
+        d.addErrback(self._failed, hc)
+
+    async def _listen(self, hc: SenderHc) -> None:
+        endpoint = hc.endpoint
+        if hc.dns_mode and endpoint is None:
+            endpoint = await self._read_metadata(hc)
+        if endpoint is not None:
+            self.endpoints[hc.name] = endpoint
+        description = listen_description(hc, endpoint)
+        port = await serverFromString(self._reactor, description).listen(self.forwarders[hc.name])
+        if self._stopping:
+            await port.stopListening()
+            return
+        self.ports[hc.name] = port
+        extra = f" (apps use {endpoint})" if hc.dns_mode else ""
+        self._log.info(
+            "hcm-sender listening on {address} for {hc}{extra}",
+            address=_host_of(port), hc=hc.name, extra=extra,
+        )
+
+    async def _read_metadata(self, hc: SenderHc) -> str:
+        from hcm_twisted.agent import metadata
+
+        agent = metadata.make_agent(self._reactor, self.config.ca_certificates)
+        return await metadata.fetch_endpoint(
+            agent, hc.connection_string, time.time(), self._reactor
+        )
+
+    def _failed(self, failure: Failure, hc: SenderHc) -> None:
+        if self._stopping:
+            return
+        if failure.check(MalformedInput):
+            text = str(failure.value)
+        else:
+            text = failure.getErrorMessage()
+        self._log.error(
+            "{hc}: cannot listen: {error}; retrying in {delay} s",
+            hc=hc.name, error=text, delay=RETRY_INTERVAL,
+        )
+        self._retries[hc.name] = self._reactor.callLater(RETRY_INTERVAL, self._start, hc)
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        self._stopping = True
+        for call in self._retries.values():
+            if call.active():
+                call.cancel()
+        self._retries.clear()
+        ports, self.ports = list(self.ports.values()), {}
+        waits: list[defer.Deferred[Any]] = [
+            defer.maybeDeferred(p.stopListening) for p in ports
+        ]
+        for forwarder in self.forwarders.values():
+            bridges = list(forwarder.bridges)
+            forwarder.close_all("hcm-sender is stopping")
+            waits.extend(b.when_done() for b in bridges)
+        done: defer.Deferred[None] = defer.Deferred()
+        call = self._reactor.callLater(5, done.callback, None)
+
+        def _all_closed(_: object) -> None:
+            if call.active():
+                call.cancel()
+                done.callback(None)
+
+        defer.DeferredList(waits, consumeErrors=True).addCallback(_all_closed)
+        return done
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        return {name: f.stats.to_json() for name, f in self.forwarders.items()}
