@@ -3,7 +3,7 @@
 
     hcm add CONNECTION-STRING [--endpoint HOST:PORT] [--name NAME]
     hcm add --namespace NS --name HC --key-name RULE --key KEY [--endpoint HOST:PORT]
-    hcm list | show NAME | remove NAME | version | help [COMMAND]
+    hcm list | show NAME | remove NAME | reload | version | help [COMMAND]
     hcm relay ... | sender ... | quickstart ...
 
 Edits the agent config (``--config PATH``, else ``$HCM_CONFIG``, else

@@ -227,3 +227,15 @@ class CliTests(SynchronousTestCase):
             code, _, err = self.run_cli("quickstart")
         self.assertEqual(code, 1)
         self.assertIn("not available", err)
+
+    def test_reload(self) -> None:
+        """`hcm reload` asks the agent; with none running it fails saying so."""
+        self.run_cli("add", CS)
+        code, _, err = self.run_cli("reload")
+        self.assertEqual(code, 1)
+        self.assertIn("no agent is running", err)
+        self.agent = lambda method, path: (200, {"ok": True, "hybrid_connections": ["hc1"]})
+        code, out, _ = self.run_cli("reload")
+        self.assertEqual(code, 0)
+        self.assertEqual(self.requests[-1][1:], ("POST", "/reload"))
+        self.assertIn("reloaded", out)

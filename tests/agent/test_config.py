@@ -174,6 +174,15 @@ class ParseTests(SynchronousTestCase):
         self.assertEqual(config.read_document(self.dir / "nope.toml", missing_ok=True), {})
 
 
+class ExampleTests(SynchronousTestCase):
+    def test_example_config(self) -> None:
+        """etc/hcm.toml is a valid config."""
+        path = Path(__file__).resolve().parents[2] / "etc" / "hcm.toml"
+        cfg = config.load(path)
+        self.assertEqual(cfg.admin, "unix:/run/hcm/admin.sock:mode=600")
+        self.assertEqual(cfg.hybrid_connections, ())
+
+
 class EndpointTests(SynchronousTestCase):
     def test_parse_endpoint(self) -> None:
         self.assertEqual(config.parse_endpoint("db.internal:1433"), ("db.internal", 1433))
