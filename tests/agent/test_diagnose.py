@@ -64,7 +64,7 @@ class DiagnoseTests(TestCase):
     @defer.inlineCallbacks
     def test_all_pass(self) -> Any:
         port = yield self._echo()
-        steps = yield diagnose.run_checks(reactor, self.target(endpoint=f"127.0.0.1:{port}"), 5)
+        steps = yield diagnose.run_checks(reactor, self.target(endpoint=f"127.0.0.1:{port}"), 10)
         self.assertEqual(
             [(s.name, s.verdict) for s in steps],
             [("config", "ok"), ("relay DNS", "ok"), ("relay TCP", "ok"), ("relay TLS", "ok"),
@@ -81,7 +81,7 @@ class DiagnoseTests(TestCase):
 
     @defer.inlineCallbacks
     def test_endpoint_from_metadata(self) -> Any:
-        steps = yield diagnose.run_checks(reactor, self.target("withmeta"), 5)
+        steps = yield diagnose.run_checks(reactor, self.target("withmeta"), 10)
         self.assertEqual(step(steps, "endpoint").verdict, "ok")
         self.assertEqual(step(steps, "endpoint").detail,
                          f"127.0.0.1:{self.meta_port} (from the HC's user metadata)")
@@ -96,7 +96,7 @@ class DiagnoseTests(TestCase):
     def test_wrong_key(self) -> Any:
         cs = self.relay.connection_string("hc1").replace(
             harness.TEST_KEYS["defaultListener"], "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk=")
-        steps = yield diagnose.run_checks(reactor, self.target(cs=cs, endpoint="127.0.0.1:1"), 5)
+        steps = yield diagnose.run_checks(reactor, self.target(cs=cs, endpoint="127.0.0.1:1"), 10)
         listen = step(steps, "listen")
         self.assertEqual(listen.verdict, "FAIL")
         self.assertIn("HTTP 401", listen.detail)
@@ -106,7 +106,7 @@ class DiagnoseTests(TestCase):
     @defer.inlineCallbacks
     def test_unknown_hc(self) -> Any:
         cs = self.relay.connection_string("hc1").replace("EntityPath=hc1", "EntityPath=nope")
-        steps = yield diagnose.run_checks(reactor, self.target(cs=cs, endpoint="127.0.0.1:1"), 5)
+        steps = yield diagnose.run_checks(reactor, self.target(cs=cs, endpoint="127.0.0.1:1"), 10)
         listen = step(steps, "listen")
         self.assertEqual(listen.verdict, "FAIL")
         self.assertIn("HTTP 404", listen.detail)
@@ -114,7 +114,7 @@ class DiagnoseTests(TestCase):
 
     @defer.inlineCallbacks
     def test_untrusted_certificate(self) -> Any:
-        steps = yield diagnose.run_checks(reactor, self.target(cas=False, endpoint="127.0.0.1:1"), 5)
+        steps = yield diagnose.run_checks(reactor, self.target(cas=False, endpoint="127.0.0.1:1"), 10)
         tls_step = step(steps, "relay TLS")
         self.assertEqual(tls_step.verdict, "FAIL")
         self.assertIn("certificate verify failed", tls_step.detail)
@@ -125,7 +125,7 @@ class DiagnoseTests(TestCase):
     def test_relay_down(self) -> Any:
         dead = harness.free_port()
         cs = self.relay.connection_string("hc1").replace(f":{self.relay.port}/", f":{dead}/")
-        steps = yield diagnose.run_checks(reactor, self.target(cs=cs), 5)
+        steps = yield diagnose.run_checks(reactor, self.target(cs=cs), 10)
         v = verdicts(steps)
         self.assertEqual(v["relay TCP"], "FAIL")
         self.assertNotIn("relay TLS", v)
@@ -142,7 +142,7 @@ class DiagnoseTests(TestCase):
             reactor,
             self.target(endpoint=f"127.0.0.1:{port}",
                         send=self.relay.connection_string("hc1", "defaultSender")),
-            5)
+            10)
         e2e = step(steps, "end to end")
         self.assertEqual(e2e.verdict, "FAIL")
         self.assertIn("HTTP 404", e2e.detail)
