@@ -130,7 +130,7 @@ class HttpMode:
         }
         token, where = find_token(params, headers, http=True)
         try:
-            authorize(self.hub.namespace, entity, SEND, token)
+            authorize(self.hub.namespace, entity, SEND, token, self.hub.reactor.seconds())
         except TokenRejected as e:
             return self._fail(request, e.status, e.reason)
         listener = self.hub.pick_listener(entity, headers)
@@ -438,7 +438,7 @@ class RootResource(Resource):
         }
         token, _ = find_token(params, headers, http=True)
         try:
-            authorize_any(self.hub.namespace, entity, token)
+            authorize_any(self.hub.namespace, entity, token, self.hub.reactor.seconds())
         except TokenRejected as e:
             request.setResponseCode(e.status, e.reason.encode("latin-1", "replace")[:200])
             request.setHeader(b"content-type", b"application/xml; charset=utf-8")
@@ -465,7 +465,7 @@ def _access_log(timestamp: str, request: Request) -> str:
 
 
 def make_site(hub: Hub) -> Site:
-    site = Site(RootResource(hub), logFormatter=_access_log)
+    site = Site(RootResource(hub), logFormatter=_access_log, reactor=hub.reactor)
     if not hub.config.log_requests:
         site.log = lambda request: None  # type: ignore[method-assign]
     site.displayTracebacks = False

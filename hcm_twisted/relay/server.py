@@ -334,7 +334,7 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 
     def _authorize(self, entity: Entity, right: str, token: str | None) -> float | None:
         try:
-            result = authorize(self.hub.namespace, entity, right, token)
+            result = authorize(self.hub.namespace, entity, right, token, self.hub.reactor.seconds())
         except TokenRejected as e:
             self._log.info(
                 "refused {right} on {hc} from {peer}: {status} {reason}",
@@ -558,7 +558,9 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             self._send_close(1008, "renewToken is only valid on a control channel.")
             return
         try:
-            result = authorize(self.hub.namespace, self.entity, LISTEN, token)
+            result = authorize(
+                self.hub.namespace, self.entity, LISTEN, token, self.hub.reactor.seconds()
+            )
         except TokenRejected as e:
             self._log.info("listener {id} on {hc}: renewToken refused: {reason}",
                            id=self.listener_id, hc=self.entity.name, reason=e.reason)
