@@ -180,7 +180,7 @@ def make_profiler(outdir: FsPath, seconds: float) -> Callable[[Path, int], dict[
         if not os.path.exists(spy):
             return {"error": "py-spy not installed (pip install py-spy)"}
         result: dict[str, Any] = {}
-        for direction in ("up", "down"):
+        for direction in ("up", "down", "connect"):
             procs = []
             for role in ("relay", "agent worker", "sender"):
                 for pid in p.pids(role):
@@ -193,7 +193,11 @@ def make_profiler(outdir: FsPath, seconds: float) -> Callable[[Path, int], dict[
             time.sleep(1.0)
             stop = time.monotonic() + seconds - 1.5
             moved = 0
-            while time.monotonic() < stop:
+            if direction == "connect":  # connection setup: connect, 1-byte echo, close
+                r = load.connection_rate(p.port, total=20000, concurrency=32,
+                                         time_limit=max(1.0, stop - time.monotonic()))
+                moved = r["ok"]
+            while direction != "connect" and time.monotonic() < stop:
                 r = load.transfer(p.port, direction, 1, size, time_limit=seconds)
                 moved += r.get("bytes", 0)
             for _role, _raw, proc in procs:
@@ -202,7 +206,7 @@ def make_profiler(outdir: FsPath, seconds: float) -> Callable[[Path, int], dict[
                 except subprocess.TimeoutExpired:
                     proc.kill()
             result[direction] = {
-                "bytes": moved,
+                "connections" if direction == "connect" else "bytes": moved,
                 "processes": {role: top_functions(raw) for role, raw, _ in procs},
             }
         return result
@@ -535,7 +539,10 @@ def print_profile(prof: dict[str, Any]) -> None:
         if not isinstance(d, dict) or "processes" not in d:
             print(f"profile: {d}")
             continue
-        print(f"\nprofile, one stream {direction} ({d['bytes'] / MB:.0f} MB moved):")
+        if direction == "connect":
+            print(f"\nprofile, connection setup ({d['connections']} connections):")
+        else:
+            print(f"\nprofile, one stream {direction} ({d['bytes'] / MB:.0f} MB moved):")
         for role, top in d["processes"].items():
             print(f"  {role}: {top.get('busy', 0)} busy of {top.get('samples', 0)} samples")
             for fn, pc in top.get("self", [])[:10]:
