@@ -11,6 +11,10 @@ Master → worker:
       Each item: ``{"name", "url" (listen URL), "endpoint" ("host:port" or null),
       "token", "ca_certificates" (list of PEM file paths), "ping_interval",
       "connect_timeout"}``.
+  ``StageHybridConnections(hcs)``  part of a desired set too big for one AMP
+      value (64 kB, about 130 items): the worker buffers these items and adds
+      them to the items of the next ``SetHybridConnections``, which completes
+      the set.  Only sent when the set does not fit in one call.
   ``UpdateToken(name, token)``   a fresh token; the worker sends ``renewToken``
       on its live channel and uses it for later reconnects.
   ``GetStatus() -> status``      ``{"pid", "hcs": {name: {...}}}`` (see worker).
@@ -40,6 +44,11 @@ class JSONArgument(amp.Argument):
 
 
 class SetHybridConnections(amp.Command):
+    arguments = [(b"hcs", JSONArgument())]
+    response = []
+
+
+class StageHybridConnections(amp.Command):
     arguments = [(b"hcs", JSONArgument())]
     response = []
 

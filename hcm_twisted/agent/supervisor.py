@@ -63,6 +63,7 @@ AMP_TIMEOUT = 10.0
 TERM_GRACE = 5.0  # SIGTERM -> SIGKILL
 DRAIN_SLACK = 5.0  # extra time given to a Drain answer
 MAX_LINE = 16 * 1024
+AMP_VALUE_LIMIT = 60_000  # bytes of JSON per AMP value (AMP's cap is 65535)
 
 WORKER_MODULE = "hcm_twisted.agent.worker"
 
@@ -302,6 +303,20 @@ class _Slot:
         self.restart_call = None
 
 
+def chunk_items(items: list[dict[str, Any]], limit: int = AMP_VALUE_LIMIT) -> list[list[dict[str, Any]]]:
+    """Split ``items`` into lists whose JSON fits in one AMP value (at least one list)."""
+    chunks: list[list[dict[str, Any]]] = [[]]
+    size = 2
+    for item in items:
+        item_size = len(json.dumps(item, separators=(",", ":")).encode("utf-8")) + 1
+        if chunks[-1] and size + item_size > limit:
+            chunks.append([])
+            size = 2
+        chunks[-1].append(item)
+        size += item_size
+    return chunks
+
+
 @attrs.frozen
 class _NoAnswer:
     """A worker did not answer ``GetStatus``."""
@@ -531,7 +546,13 @@ class Supervisor(service.Service):
         return out
 
     def _send_set(self, proto: WorkerProcess) -> None:
-        d = proto.amp.callRemote(commands.SetHybridConnections, hcs=self.desired())
+        """Send the whole desired set; in parts when it is too big for one AMP value."""
+        *staged, last = chunk_items(self.desired())
+        for part in staged:
+            d = proto.amp.callRemote(commands.StageHybridConnections, hcs=part)
+            d.addTimeout(AMP_TIMEOUT, self.reactor)
+            d.addErrback(self._amp_failed, proto, "StageHybridConnections")
+        d = proto.amp.callRemote(commands.SetHybridConnections, hcs=last)
         d.addTimeout(AMP_TIMEOUT, self.reactor)
         d.addErrback(self._amp_failed, proto, "SetHybridConnections")
 

@@ -51,6 +51,7 @@ class FakeWorker(amp.AMP):
         super().__init__()
         self.process = process
         self.sets: list[list[dict[str, Any]]] = []
+        self.staged: list[dict[str, Any]] = []
         self.tokens: list[tuple[str, str]] = []
         self.drains: list[float] = []
         self.drain_answer: Deferred[dict[str, Any]] | None = None
@@ -59,7 +60,13 @@ class FakeWorker(amp.AMP):
 
     @commands.SetHybridConnections.responder
     def set_hcs(self, hcs: Any) -> dict[str, Any]:
-        self.sets.append(hcs)
+        self.sets.append(self.staged + hcs)
+        self.staged = []
+        return {}
+
+    @commands.StageHybridConnections.responder
+    def stage_hcs(self, hcs: Any) -> dict[str, Any]:
+        self.staged.extend(hcs)
         return {}
 
     @commands.UpdateToken.responder
@@ -255,6 +262,24 @@ class SupervisorTests(SynchronousTestCase):
             self.assertEqual(token.expiry, int(self.reactor.seconds() + 1000))
             self.assertNotIn(KEY.encode(), p.to_child)
             self.assertNotIn(KEY, " ".join(p.args))
+
+    def test_large_set_in_parts(self) -> None:
+        """A set too big for one AMP value goes in parts; the worker gets all of it."""
+        hcs = tuple((f"hc-{i:03d}-{'x' * 40}", f"127.0.0.1:{7000 + i}") for i in range(300))
+        self.config = write_config(self.path, workers=1, hcs=hcs)
+        self.sup = Supervisor(self.config, self.reactor, fetch=self.fetch, env={})
+        self.start()
+        (proc,) = self.reactor.processes
+        (items,) = proc.worker.sets
+        self.assertEqual([i["name"] for i in items], [name for name, _ in hcs])
+        self.assertGreater(proc.to_child.count(b"StageHybridConnections"), 1)
+
+    def test_chunk_items(self) -> None:
+        self.assertEqual(supervisor.chunk_items([]), [[]])
+        items = [{"n": "x" * 100} for _ in range(10)]
+        chunks = supervisor.chunk_items(items, limit=350)
+        self.assertEqual([len(c) for c in chunks], [3, 3, 3, 1])
+        self.assertEqual(sum(chunks, []), items)
 
     def test_crash_restart_backoff(self) -> None:
         """A crashed worker is restarted after 1 s, then 2, 4 ... 30 s while it keeps crashing."""
