@@ -1,0 +1,70 @@
+"""Tests for ``hcm sender`` (hcm_twisted.sender.cli)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from hcm_twisted.sender import cli, config
+
+KEY = "c2VuZC1rZXktZm9yLXRlc3RzLW9ubHktMjIyMjIyMjI="
+CS = f"Endpoint=sb://localhost:9443/;SharedAccessKeyName=defaultSender;SharedAccessKey={KEY};EntityPath="
+
+
+class CliTests(SynchronousTestCase):
+    def write(self) -> Path:
+        d = Path(self.mktemp())
+        d.mkdir()
+        p = d / "s.toml"
+        p.write_text(f'''
+[[hybrid-connection]]
+connection-string = "{CS}hc1"
+listen = "tcp:7002"
+
+[[hybrid-connection]]
+connection-string = "{CS}db"
+endpoint = "db.internal:1433"
+
+[[hybrid-connection]]
+connection-string = "{CS}ip"
+endpoint = "10.1.2.3:80"
+''')
+        return p
+
+    def run_cli(self, *argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = cli.main(list(argv), stdout=out, stderr=err)
+        return code, out.getvalue(), err.getvalue()
+
+    def test_hosts(self) -> None:
+        code, out, err = self.run_cli("hosts", "--config", str(self.write()))
+        self.assertEqual(code, 0, err)
+        lines = out.splitlines()
+        self.assertEqual(lines[0], "127.0.0.2\tdb.internal\t# hcm-sender db (port 1433)")
+        self.assertIn("endpoint 10.1.2.3:80 is an IP address; apps connect to 127.0.0.3:80", lines[1])
+        self.assertEqual(len(lines), 2)
+
+    def test_hosts_with_unknown_endpoint(self) -> None:
+        c = config.load(self.write())
+        lines = cli.hosts_lines(c, {"db": ValueError("no endpoint in the HC's user metadata")})
+        self.assertIn("# db: endpoint unknown (no endpoint in the HC's user metadata)", lines)
+
+    def test_check_masks_keys(self) -> None:
+        code, out, _ = self.run_cli("check", "--config", str(self.write()))
+        self.assertEqual(code, 0)
+        self.assertIn("hc1: ", out)
+        self.assertIn("SharedAccessKey=***", out)
+        self.assertNotIn(KEY, out)
+
+    def test_errors(self) -> None:
+        code, _, err = self.run_cli("hosts")
+        self.assertEqual(code, 2)
+        self.assertIn("--config", err)
+        code, _, err = self.run_cli("check", "--config", "/nonexistent.toml")
+        self.assertEqual(code, 1)
+        self.assertIn("cannot read", err)
+        code, out, _ = self.run_cli()
+        self.assertEqual(code, 0)
+        self.assertIn("hosts", out)
