@@ -259,6 +259,7 @@ class ControlProtocol(WebSocketClientProtocol):
 
 class ControlFactory(WebSocketClientFactory):
     protocol = ControlProtocol  # type: ignore[assignment]
+    noisy = False
 
     def __init__(self, listener: Listener, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

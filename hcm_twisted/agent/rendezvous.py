@@ -82,6 +82,7 @@ class _RejectProtocol(WebSocketClientProtocol):
 
 class _RejectFactory(WebSocketClientFactory):
     protocol = _RejectProtocol  # type: ignore[assignment]
+    noisy = False
 
     def __init__(self, url: str, on_done: Callable[[int | None, str | None], None],
                  reactor: Any) -> None:
@@ -121,6 +122,7 @@ class _RequestProtocol(WebSocketClientProtocol):
 
 class _RequestFactory(WebSocketClientFactory):
     protocol = _RequestProtocol  # type: ignore[assignment]
+    noisy = False
 
     def __init__(self, url: str, request_id: str, reactor: Any) -> None:
         super().__init__(url, reactor=reactor, useragent="hcm-twisted")
@@ -169,6 +171,7 @@ class _RendezvousLeg(WebSocketClientLeg):
 
 class _RendezvousFactory(BridgeClientFactory):
     protocol = _RendezvousLeg
+    noisy = False
 
     def __init__(self, url: str, bridge: Bridge, gate: Deferred[str],
                  on_reject: Callable[[int | None, str | None], None], **kwargs: Any) -> None:
@@ -276,6 +279,7 @@ class Acceptor:
             useragent="hcm-twisted",
         )
         tcp_factory = Factory.forProtocol(lambda: TcpLeg(bridge))
+        tcp_factory.noisy = False
         try:
             tcp_d = self._tcp_endpoints(host, port, self.spec.connect_timeout).connect(tcp_factory)
         except Exception:

@@ -25,7 +25,13 @@ from twisted.logger import (
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from hcm_twisted.agent.commands import Drain, GetStatus, SetHybridConnections, UpdateToken
+from hcm_twisted.agent.commands import (
+    Drain,
+    GetStatus,
+    SetHybridConnections,
+    StageHybridConnections,
+    UpdateToken,
+)
 from hcm_twisted.agent.listener import (
     EndpointMaker,
     HcSpec,
@@ -59,7 +65,7 @@ class Worker:
     tcp_endpoints: TcpEndpointMaker | None = None
     _hcs: dict[str, _Hc] = attrs.field(factory=dict)
     _draining: bool = False
-    _log = Logger()
+    _log = Logger(namespace="hcm_twisted.agent.worker")
 
     def set_hybrid_connections(self, items: Any) -> None:
         """Reconcile: open new names, close removed ones, update changed ones."""
@@ -146,16 +152,27 @@ class Worker:
 class WorkerProtocol(amp.AMP):
     """The worker's end of the AMP pipe."""
 
-    _log = Logger()
+    _log = Logger(namespace="hcm_twisted.agent.worker")
 
     def __init__(self, worker: Worker, on_lost: Any = None) -> None:
         super().__init__()
         self.worker = worker
         self._on_lost = on_lost
+        self._staged: list[Any] = []
+
+    @StageHybridConnections.responder
+    def stage_hybrid_connections(self, hcs: Any) -> dict[str, Any]:
+        if not isinstance(hcs, list):
+            raise MalformedInput("hcs: must be a list of hybrid connections")
+        self._staged.extend(hcs)
+        return {}
 
     @SetHybridConnections.responder
     def set_hybrid_connections(self, hcs: Any) -> dict[str, Any]:
-        self.worker.set_hybrid_connections(hcs)
+        staged, self._staged = self._staged, []
+        if not isinstance(hcs, list):
+            raise MalformedInput("hcs: must be a list of hybrid connections")
+        self.worker.set_hybrid_connections(staged + hcs)
         return {}
 
     @UpdateToken.responder

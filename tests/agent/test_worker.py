@@ -133,6 +133,19 @@ class WorkerAmpTests(SynchronousTestCase):
         hc2.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(self.net.attempts[-1].port, 9444)
 
+    def test_staged_parts(self) -> None:
+        """StageHybridConnections parts are added to the next SetHybridConnections."""
+        self.assertEqual(self.call(commands.StageHybridConnections, hcs=[item("hc1")]), {})
+        self.assertEqual(self.call(commands.StageHybridConnections, hcs=[item("hc2")]), {})
+        # Nothing happens until the set is complete.
+        self.assertEqual(self.call(commands.GetStatus)["status"]["hcs"], {})
+        self.call(commands.SetHybridConnections, hcs=[item("hc3")])
+        status = self.call(commands.GetStatus)["status"]
+        self.assertEqual(set(status["hcs"]), {"hc1", "hc2", "hc3"})
+        # The next set starts afresh.
+        self.call(commands.SetHybridConnections, hcs=[item("hc3")])
+        self.assertEqual(set(self.call(commands.GetStatus)["status"]["hcs"]), {"hc3"})
+
     def test_bad_items_skipped(self) -> None:
         """A malformed item is logged and skipped; the others are applied."""
         result = self.call(commands.SetHybridConnections,
