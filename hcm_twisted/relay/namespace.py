@@ -124,11 +124,11 @@ def _bool(table: Mapping[str, Any], key: str, where: str, default: bool) -> bool
 def _rule(table: Any, where: str) -> RuleConfig:
     if not isinstance(table, dict):
         raise MalformedInput(f"{where}: must be a table")
-    _check_keys(table, _RULE_KEYS, where)
     name = _text(table, "name", where)
     if name is None:
         raise MalformedInput(f"{where}: 'name' is missing")
     where = f"{where} {name!r}"
+    _check_keys(table, _RULE_KEYS, where)
     rights = table.get("rights")
     if not isinstance(rights, list) or not rights:
         raise MalformedInput(f"{where}: 'rights' must be a non-empty list of {', '.join(RIGHTS)}")
@@ -166,10 +166,10 @@ def _hc(table: Any) -> HybridConnectionConfig:
     where = "hybrid-connection"
     if not isinstance(table, dict):
         raise MalformedInput(f"{where}: must be a table")
-    _check_keys(table, _HC_KEYS, where)
     name = _text(table, "name", where)
     if name is None:
         raise MalformedInput(f"{where}: 'name' is missing")
+    _check_keys(table, _HC_KEYS, f"{where} {name!r}")
     if name != name.strip("/ ") or "?" in name or "#" in name or "$" in name or "//" in name:
         raise MalformedInput(f"{where} {name!r}: 'name' is not a valid entity path")
     where = f"{where} {name!r}"

@@ -154,9 +154,10 @@ class RelayUnitTest(unittest.TestCase):
     def setUp(self) -> None:
         self.clock = MemoryReactorClock()
         self.clock.advance(time.time())  # wall-clock seconds for token expiry
-        old_loop = txaio.config.loop
-        txaio.config.loop = self.clock
-        self.addCleanup(setattr, txaio.config, "loop", old_loop)
+        tx: Any = txaio
+        old_loop = tx.config.loop
+        tx.config.loop = self.clock
+        self.addCleanup(setattr, tx.config, "loop", old_loop)
         base = Path(self.mktemp())
         base.mkdir()
         cfg = parse_config(config_dict(**self.config_overrides), base)
@@ -172,7 +173,7 @@ class RelayUnitTest(unittest.TestCase):
              protocols: list[str] | None = None) -> Conn:
         """Connect and send a handshake; ``conn.status`` holds the response status line."""
         self._port += 1
-        proto = self.ws.buildProtocol(IPv4Address("TCP", "127.0.0.1", self._port))
+        proto: Any = self.ws.buildProtocol(IPv4Address("TCP", "127.0.0.1", self._port))
         transport = Transport(peerAddress=IPv4Address("TCP", "127.0.0.1", self._port))
         proto.makeConnection(transport)
         conn = Conn(proto, transport)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 from urllib.parse import quote
 
 from twisted.internet.address import IPv4Address
@@ -58,7 +59,7 @@ class HandshakeTests(RelayUnitTest):
         self.assertIn("MaximumListenersPerEndpoint", conn.status)
 
     def test_garbage_before_handshake(self) -> None:
-        proto = self.ws.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        proto: Any = self.ws.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
         transport = Transport()
         proto.makeConnection(transport)
         proto.dataReceived(b"\x00\xff garbage\r\n\r\n")
@@ -66,7 +67,7 @@ class HandshakeTests(RelayUnitTest):
         self.assertTrue(transport.disconnecting)
 
     def test_handshake_timeout(self) -> None:
-        proto = self.ws.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        proto: Any = self.ws.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
         transport = Transport()
         proto.makeConnection(transport)
         proto.dataReceived(b"GET /$hc/hc1 HTTP/1.1\r\n")
@@ -240,15 +241,17 @@ class RendezvousTests(RelayUnitTest):
     def test_flow_control(self) -> None:
         """Each leg is the other's producer: a full buffer pauses the other side's reads."""
         sender, rdv = self.joined()
-        self.assertIsNotNone(rdv.transport.producer)
-        rdv.transport.producer.pauseProducing()
+        producer: Any = rdv.transport.producer
+        self.assertIsNotNone(producer)
+        producer.pauseProducing()
         self.assertEqual(sender.transport.producerState, "paused")
-        rdv.transport.producer.resumeProducing()
+        producer.resumeProducing()
         self.assertEqual(sender.transport.producerState, "producing")
-        sender.transport.producer.pauseProducing()
+        other: Any = sender.transport.producer
+        other.pauseProducing()
         self.assertEqual(rdv.transport.producerState, "paused")
         # stopProducing (a leg's connection lost) never closes the other leg directly.
-        sender.transport.producer.stopProducing()
+        other.stopProducing()
         self.assertFalse(rdv.transport.disconnecting)
 
     def test_close_forwarded_half_close(self) -> None:
@@ -280,7 +283,7 @@ class RendezvousTests(RelayUnitTest):
 
 class SnifferTests(RelayUnitTest):
     def raw(self, data: bytes) -> Transport:
-        proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 2))
+        proto: Any = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 2))
         transport = Transport()
         proto.makeConnection(transport)
         proto.dataReceived(data)
