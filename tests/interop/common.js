@@ -88,4 +88,26 @@ function deadline(seconds, what) {
   return timer;
 }
 
-module.exports = { config, emit, fail, Digest, seededBytes, exitWithParent, deadline };
+// hyco-ws and hyco-https renew their token every `new moment.duration(1, 'hours')`; tests make
+// that interval short so the clients' own renewToken code runs within seconds.  Both packages use
+// the one hoisted copy of moment, so patching it here reaches them.
+function shortenRenewInterval(ms) {
+  const moment = require('moment');
+  const duration = moment.duration;
+  moment.duration = function patchedDuration(amount, unit) {
+    if (amount === 1 && unit === 'hours') return duration(ms, 'milliseconds');
+    return duration.apply(this, arguments);
+  };
+}
+
+// Report the control channel's closes (the clients reconnect silently).
+function watchControlChannel(server) {
+  server.controlChannel.on('close', (code, reason) => {
+    emit({ event: 'control-closed', code: code, reason: String(reason || '') });
+  });
+}
+
+module.exports = {
+  config, emit, fail, Digest, seededBytes, exitWithParent, deadline, shortenRenewInterval,
+  watchControlChannel,
+};

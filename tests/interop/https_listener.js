@@ -2,7 +2,9 @@
 // hyco-https listener (Microsoft's hyco-https 1.4.5, ws 6.2.7) against our relay.
 //
 //   HCM_INTEROP_KEY=<listen key> node https_listener.js '{"url": "wss://localhost:PORT/$hc/hc1?sb-hc-action=listen",
-//                                                          "keyName": "defaultListener", "maxSeconds": 120}'
+//                                                          "keyName": "defaultListener", "maxSeconds": 120,
+//                                                          "tokenSeconds": 3600, "renewEveryMs": null,
+//                                                          "keepAliveMs": null}'
 //
 // hyco-https handles HTTP "request" messages only (its "accept" path references an undefined
 // Extensions), so this listener is for the HTTP mode of the relay.  Answers (any method; the
@@ -15,15 +17,21 @@
 
 const crypto = require('crypto');
 const https = require('hyco-https');
-const { config, emit, Digest, seededBytes, exitWithParent } = require('./common');
+const moment = require('moment');
+const {
+  config, emit, Digest, seededBytes, exitWithParent, shortenRenewInterval, watchControlChannel,
+} = require('./common');
 
 const cfg = config();
 const maxSeconds = cfg.maxSeconds || 120;
+if (cfg.renewEveryMs) shortenRenewInterval(cfg.renewEveryMs);
 
 const server = https.createRelayedServer(
   {
     server: cfg.url,
-    token: () => https.createRelayToken(cfg.url, cfg.keyName, cfg.key),
+    token: () => https.createRelayToken(cfg.url, cfg.keyName, cfg.key, cfg.tokenSeconds),
+    // Unsolicited Pongs on the control channel every keepAliveMs (hyco-https's keep-alive).
+    keepAliveTimeout: cfg.keepAliveMs ? moment.duration(cfg.keepAliveMs, 'milliseconds') : null,
   },
   (req, res) => {
     const body = new Digest();
@@ -77,7 +85,10 @@ const server = https.createRelayedServer(
   }
 );
 
-server.on('listening', () => emit({ event: 'listening' }));
+server.on('listening', () => {
+  watchControlChannel(server);
+  emit({ event: 'listening' });
+});
 server.on('error', (err) => {
   emit({ event: 'control-error', message: String(err && err.message ? err.message : err) });
 });

@@ -97,13 +97,13 @@ class NodeClientsMixin:
     mktemp: Callable[[], str]
     addCleanup: Callable[..., None]
 
-    def start_relay(self) -> None:
+    def start_relay(self, extra_toml: str = "", hcs: tuple[str, ...] = (HC,)) -> None:
         from tests.e2e.relayfixture import start_relay
 
         self.node = node_executable()
         self.directory = Path(self.mktemp()).resolve()
         self.directory.mkdir(parents=True)
-        self.relay = start_relay(self.directory / "relay", hcs=(HC,))
+        self.relay = start_relay(self.directory / "relay", hcs=hcs, extra_toml=extra_toml)
         self.addCleanup(self.relay.stop)
 
     @property
@@ -116,12 +116,14 @@ class NodeClientsMixin:
             "HCM_INTEROP_KEY": harness.TEST_KEYS[key_name],
         }
 
-    def start_listener(self, script: str, name: str) -> harness.Proc:
-        """Start a Node listener script and wait until its control channel is open."""
+    def start_listener(self, script: str, name: str, hc: str = HC,
+                       **options: Any) -> harness.Proc:
+        """Start a Node listener script on ``hc``; wait until its control channel is open."""
         config = {
-            "url": f"{self.ws_base}?sb-hc-action=listen",
+            "url": f"wss://localhost:{self.relay.port}/$hc/{hc}?sb-hc-action=listen",
             "keyName": "defaultListener",
             "maxSeconds": 120,
+            **options,
         }
         proc = harness.Proc(
             [self.node, str(HERE / script), json.dumps(config)],
@@ -209,13 +211,14 @@ class NodeClientsMixin:
         self.addCleanup(conn.close)
         return conn
 
-    def send_token(self) -> str:
-        return sas.mint(f"http://localhost:{self.relay.port}/{HC}", "defaultSender",
+    def send_token(self, hc: str = HC) -> str:
+        return sas.mint(f"http://localhost:{self.relay.port}/{hc}", "defaultSender",
                         harness.TEST_KEYS["defaultSender"])
 
     def request(self, conn: http.client.HTTPSConnection, method: str, target: str,
                 body: bytes | Iterator[bytes] | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        """Send a request with a Send token for the HC named by the target's first segment."""
         status, _, response_headers, data = self.request_full(conn, method, target, body, headers)
         return status, response_headers, data
 
@@ -224,7 +227,8 @@ class NodeClientsMixin:
         body: bytes | Iterator[bytes] | None = None, headers: dict[str, str] | None = None,
     ) -> tuple[int, str, dict[str, str], bytes]:
         """Status, reason, headers (lower-case names) and body of one request."""
-        all_headers = {"ServiceBusAuthorization": self.send_token(), **(headers or {})}
+        hc = target.lstrip("/").split("/", 1)[0].split("?", 1)[0]
+        all_headers = {"ServiceBusAuthorization": self.send_token(hc), **(headers or {})}
         conn.request(method, target, body=body, headers=all_headers,
                      encode_chunked=body is not None and not isinstance(body, bytes))
         response = conn.getresponse()
@@ -347,6 +351,35 @@ class HycoWsTests(NodeClientsMixin, unittest.TestCase):
         self.assertIn("(401)", message)
         self.assertEqual(
             [e for e in json_lines(self.listener.output()) if e.get("event") == "connection"], [])
+
+
+class TokenRenewalTests(NodeClientsMixin, unittest.TestCase):
+    """The clients' own renewToken code (interval shortened) keeps their control channels.
+
+    Tokens live 2 s, the relay allows 1 s of grace and pings every 0.5 s; the clients renew
+    every 0.7 s.  A relay that ignored or refused ``renewToken`` would close the channels (1008)
+    after about 3 s, and the clients would reconnect: a second "listening" line.
+    """
+
+    def setUp(self) -> None:
+        # hyco-https cannot take WebSocket accepts, so it listens on a second HC.
+        self.start_relay("token-grace = 1.0\nping-interval = 0.5\n", hcs=(HC, "hc2"))
+
+    def test_hyco_ws_and_hyco_https_renew(self) -> None:
+        options: dict[str, Any] = {"tokenSeconds": 2, "renewEveryMs": 700}
+        ws_listener = self.start_listener("ws_listener.js", "ws-listener", **options)
+        https_listener = self.start_listener("https_listener.js", "https-listener", hc="hc2",
+                                             keepAliveMs=200, **options)
+        time.sleep(4.5)
+        result = self.run_sender({"mode": "echo", "size": 50_000}, timeout=30)
+        self.assertEqual(result["received_sha256"], result["sent_sha256"])
+        status, _, body = self.request(self.https(), "POST", "/hc2/renewed", b"still here")
+        self.assertEqual(status, 200, body[:500])
+        self.assertEqual(json.loads(body)["sha256"], sha256(b"still here"))
+        for proc in (ws_listener, https_listener):
+            events = [e["event"] for e in json_lines(proc.output())]
+            self.assertEqual(events.count("listening"), 1, proc.output()[-2000:])
+            self.assertNotIn("control-closed", events, proc.output()[-2000:])
 
 
 class NoListenerTests(NodeClientsMixin, unittest.TestCase):

@@ -2,7 +2,8 @@
 // hyco-ws listener (Microsoft's hyco-ws 1.0.5, ws 1.1.5) against our relay.
 //
 //   HCM_INTEROP_KEY=<listen key> node ws_listener.js '{"url": "wss://localhost:PORT/$hc/hc1?sb-hc-action=listen",
-//                                                       "keyName": "defaultListener", "maxSeconds": 120}'
+//                                                       "keyName": "defaultListener", "maxSeconds": 120,
+//                                                       "tokenSeconds": 3600, "renewEveryMs": null}'
 //
 // The listen URL is built by the caller: hyco-ws's createRelayListenUri() always adds ":443".
 // The token comes from hyco-ws's own createRelayToken() (signs http://localhost:PORT/hc1).
@@ -12,28 +13,32 @@
 //                                              same boundaries) until N binary bytes came in, or
 //   {"mode": "reply", "expect": N, "size": M}  send M random bytes of our own (while receiving).
 // When N bytes arrived (and our own bytes are sent) we send one text message with our counts and
-// sha256 digests; the sender closes.  Printed (stdout, one JSON object per line):
+// sha256 digests; the sender closes (or we close first when the hello says "closeAfter": true).  Printed (stdout, one JSON object per line):
 //   {"event": "listening"}, {"event": "accept", ...the accept message...},
 //   {"event": "connection", ...}, {"event": "closed", ...digests...}
 
 const crypto = require('crypto');
 const WebSocket = require('hyco-ws');
-const { config, emit, Digest, exitWithParent } = require('./common');
+const {
+  config, emit, Digest, exitWithParent, shortenRenewInterval, watchControlChannel,
+} = require('./common');
 
 const cfg = config();
 const maxSeconds = cfg.maxSeconds || 120;
+if (cfg.renewEveryMs) shortenRenewInterval(cfg.renewEveryMs);
 let connections = 0;
 
 const server = WebSocket.createRelayedServer(
   {
     server: cfg.url,
-    token: () => WebSocket.createRelayToken(cfg.url, cfg.keyName, cfg.key),
+    token: () => WebSocket.createRelayToken(cfg.url, cfg.keyName, cfg.key, cfg.tokenSeconds),
   },
   (ws) => {
     const n = ++connections;
     const received = new Digest();
     const sent = new Digest();
     let mode = null;
+    let closeAfter = false;
     let expect = 0;
     let textMessages = 0;
     let binaryMessages = 0;
@@ -54,6 +59,7 @@ const server = WebSocket.createRelayedServer(
       };
       ws.send(JSON.stringify({ stats: stats }));
       ws.stats = stats;
+      if (closeAfter) ws.close(1000, 'listener done');
     };
 
     const sendOwn = (size) => {
@@ -79,6 +85,7 @@ const server = WebSocket.createRelayedServer(
           const hello = JSON.parse(data);
           mode = hello.mode;
           expect = hello.expect || 0;
+          closeAfter = Boolean(hello.closeAfter);
           if (mode === 'reply') sendOwn(hello.size || 0);
           report();
         } else if (mode === 'echo') {
@@ -129,6 +136,7 @@ server.on('listening', () => {
       });
     }
   });
+  watchControlChannel(server);
   emit({ event: 'listening' });
 });
 server.on('error', (err) => {
