@@ -413,7 +413,10 @@ def _first_command(argv: list[str]) -> int | None:
 def _run(argv: list[str]) -> int:
     index = _first_command(argv)
     if index is not None and argv[index] in DISPATCH:
-        return _dispatch(argv[index], argv[index + 1 :])
+        rest = argv[index + 1 :]
+        if argv[index] == "test":
+            rest = argv[:index] + rest  # hcm --config PATH [--json] test NAME
+        return _dispatch(argv[index], rest)
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
