@@ -35,8 +35,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import attrs
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.types import ConnectionResponse
+from OpenSSL import SSL
 from twisted.application.internet import ClientService
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
@@ -46,7 +47,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
     ITransport,
 )
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -227,10 +228,15 @@ class ControlProtocol(WebSocketClientProtocol):
 
     factory: ControlFactory
     _opened_once = False
+    _lost: Failure | None = None
 
     def connectionMade(self) -> None:
         set_no_delay(self.transport)
         super().connectionMade()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._lost = reason
+        super().connectionLost(reason)
 
     def onConnect(self, response: ConnectionResponse) -> None:
         pass
@@ -251,6 +257,9 @@ class ControlProtocol(WebSocketClientProtocol):
             if refused is not None:
                 status, text = refused
                 opened.errback(ListenRefused(status, f"HTTP {status} {text}".strip()))
+            elif self._lost is not None and _is_tls_failure(self._lost):
+                # TLS failed (e.g. the relay's certificate is not trusted): say so.
+                opened.errback(ListenRefused(None, f"TLS: {_describe(self._lost)}"))
             else:
                 opened.errback(ListenRefused(None, reason or "connection closed before the upgrade"))
             return
@@ -484,7 +493,13 @@ class Listener:
         self.next_retry = None
         factory = self._make_factory()
         secure, host, port, _ = urls.split_ws_url(factory.url)
-        endpoint = self._endpoint_maker(host, port, secure, self.spec.connect_timeout)
+        try:
+            # May raise: an unreadable CA file, a bad proxy URL.
+            endpoint = self._endpoint_maker(host, port, secure, self.spec.connect_timeout)
+        except Exception:
+            failure = Failure()
+            self._failed(failure)
+            return fail(failure)
         opened = factory.opened
         assert opened is not None
         live: list[ControlProtocol] = []
@@ -499,8 +514,7 @@ class Listener:
         try:
             connecting = endpoint.connect(factory)
         except Exception:
-            self._failed(Failure())
-            return result  # already failed
+            connecting = fail()
         connecting.addCallback(live.append)  # type: ignore[call-overload]
 
         def tcp_failed(f: Failure) -> None:
@@ -643,6 +657,11 @@ def not_implemented(request_id: str) -> str:
             body=False,
         )
     )
+
+
+def _is_tls_failure(f: Failure) -> bool:
+    """An OpenSSL error or a service-identity host name mismatch."""
+    return bool(f.check(SSL.Error)) or type(f.value).__name__ == "VerificationError"
 
 
 def _describe(f: Failure) -> str:

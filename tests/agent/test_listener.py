@@ -224,6 +224,19 @@ class BackoffTests(ListenerTestBase):
         _, headers = parse_request(self.net.last[1].value())
         self.assertEqual(headers["servicebusauthorization"], fresh)
 
+    def test_endpoint_raising_counts_as_failure(self) -> None:
+        """An endpoint that raises at once is a failed attempt, retried with back-off."""
+        def broken(host: str, port: int, secure: bool, timeout: float) -> Any:
+            raise ValueError("bad host")
+
+        listener = L.Listener(spec(), self.clock, on_accept=self.accepts.append,
+                              endpoint_maker=broken, rng=lambda: 0.5)
+        listener.start()
+        self.assertEqual(listener.state, L.BACKING_OFF)
+        self.assertEqual(listener.last_error, "ValueError: bad host")
+        self.assertEqual(round(self.next_delay(), 3), 0.0)
+        self.successResultOf(listener.stop())
+
     def test_stop_while_backing_off(self) -> None:
         """Stopping cancels the pending retry."""
         self.net.refuse = True

@@ -114,6 +114,21 @@ class WorkerResilience(unittest.TestCase):
         await self.worker.call(commands.UpdateToken, name="hc1", token=token)
         await self.worker.wait_log(r"control channel connected: hc1", count=2, timeout=3)
 
+    def test_untrusted_relay_reported(self) -> defer.Deferred[None]:
+        """Without the relay's CA the channel fails TLS verification, and says so."""
+        return defer.ensureDeferred(self._untrusted())
+
+    async def _untrusted(self) -> None:
+        await self.start()
+        item = hc_item(self.relay, "hc1", "127.0.0.1:9")
+        item["ca_certificates"] = []
+        await self.worker.call(commands.SetHybridConnections, hcs=[item])
+        status = await self.wait_state(
+            lambda s: "certificate verify failed" in (s["last_error"] or ""), 10
+        )
+        self.assertIn(status["state"], ("backing-off", "connecting"))
+        self.assertIn("TLS", status["last_error"])
+
     async def wait_state(self, predicate: Any, timeout: float) -> Any:
         deadline = time.monotonic() + timeout
         while True:
