@@ -95,12 +95,13 @@ class AgentE2E(SynchronousTestCase):
     def echo_endpoint(self) -> str:
         return f"127.0.0.1:{self.echo.server_address[1]}"
 
-    def start_agent(self, workers: int, hcs: list[str]) -> tuple[harness.Proc, Path]:
+    def start_agent(self, workers: int, hcs: list[str],
+                    drain_timeout: float = 1) -> tuple[harness.Proc, Path]:
         directory = Path(tempfile.mkdtemp(prefix="a-", dir=self.root))
         path = directory / "hcm.toml"
         doc: dict[str, Any] = {
             "agent": {"workers": workers, "ca-certificates": str(self.relay.ca_path),
-                      "drain-timeout": 1},
+                      "drain-timeout": drain_timeout},
             "hybrid-connection": [
                 {"connection-string": self.relay.connection_string(hc), "endpoint": self.echo_endpoint}
                 for hc in hcs
@@ -183,19 +184,7 @@ class AgentE2E(SynchronousTestCase):
         listed = json.loads(self.cli(path, "list", "--json").stdout)
         self.assertEqual([i["name"] for i in listed], ["hc1"])
 
-        port = harness.free_port()
-        sender_path = path.parent / "hcm-sender.toml"
-        sender_path.write_text(tomli_w.dumps({
-            "ca-certificates": str(self.relay.ca_path),
-            "hybrid-connection": [{
-                "name": "hc1",
-                "connection-string": self.relay.connection_string("hc1", "defaultSender"),
-                "listen": f"tcp:{port}:interface=127.0.0.1",
-            }],
-        }))
-        sender = harness.twist("hcm-sender", sender_path, cwd=path.parent, name="hcm-sender")
-        self.addCleanup(sender.stop)
-        sender.wait_log(r"hcm-sender listening on", timeout=30)
+        port = self.start_sender(path, "hc1")
         for size in [1, 300_000, 1_000_000, 65536, 12345, 2_000_000]:
             self.round_trip(port, size)
 
@@ -207,6 +196,22 @@ class AgentE2E(SynchronousTestCase):
             return item if done else None
 
         wait_for("6 accepted, none open", counted, 10)
+
+    def start_sender(self, path: Path, hc: str) -> int:
+        port = harness.free_port()
+        sender_path = path.parent / "hcm-sender.toml"
+        sender_path.write_text(tomli_w.dumps({
+            "ca-certificates": str(self.relay.ca_path),
+            "hybrid-connection": [{
+                "name": hc,
+                "connection-string": self.relay.connection_string(hc, "defaultSender"),
+                "listen": f"tcp:{port}:interface=127.0.0.1",
+            }],
+        }))
+        sender = harness.twist("hcm-sender", sender_path, cwd=path.parent, name="hcm-sender")
+        self.addCleanup(sender.stop)
+        sender.wait_log(r"hcm-sender listening on", timeout=30)
+        return port
 
     def test_add_remove_live(self) -> None:
         """`hcm add`/`remove` take effect in the running agent; other HCs are untouched."""
@@ -268,3 +273,29 @@ class AgentE2E(SynchronousTestCase):
         self.assertEqual(now["workers"][0]["restarts"], 1)
         self.assertIn("signal 9", now["workers"][0]["last_exit"])
         self.assertTrue(alive(survivor))
+
+    def test_drain_on_sigterm(self) -> None:
+        """SIGTERM to the master: open connections keep working until they end, then it exits."""
+        agent, path = self.start_agent(1, ["hc1"], drain_timeout=20)
+        wait_for("worker connected", lambda: self.all_connected(path, "hc1", 1), 20)
+        port = self.start_sender(path, "hc1")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"before")
+            self.assertEqual(s.recv(100), b"before")
+            agent.signal(signal.SIGTERM)  # the master only
+            agent.wait_log(r"Received SIGTERM", timeout=5)
+            time.sleep(0.5)
+            s.sendall(b"during the drain")
+            got = b""
+            while len(got) < 16:
+                got += s.recv(100)
+            self.assertEqual(got, b"during the drain")
+            self.assertIsNone(agent.popen.poll())  # still draining
+            start = time.monotonic()
+        agent.popen.wait(15)
+        took = time.monotonic() - start
+        _log.info("agent exited {took:.2f} s after the last connection closed", took=took)
+        self.assertLess(took, 10)
+        # twist re-raises the signal it stopped on: -SIGTERM is a clean stop here.
+        self.assertIn(agent.popen.returncode, (0, -signal.SIGTERM))
+        self.assertIn("stopped: exit status 0", agent.log_path.read_text())
