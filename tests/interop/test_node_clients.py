@@ -282,6 +282,16 @@ class HycoWsTests(NodeClientsMixin, unittest.TestCase):
         self.assertNotEqual(result["received_sha256"], result["sent_sha256"])
         self.assertEqual(result["close_code"], 1000)
 
+    def test_large_single_messages(self) -> None:
+        """One 8 MiB binary message and one 200 kB text message, each kept whole."""
+        result = self.run_sender({"mode": "echo", "size": 8 * MIB + 1000,
+                                  "firstMessage": 8 * MIB, "bigText": 200_000})
+        self.assertEqual(result["received_sha256"], result["sent_sha256"])
+        self.assertTrue(result["boundaries_kept"], result)
+        self.assertEqual(result["echoed_text"],
+                         {"length": 200_000, "sha256": sha256(b"x" * 200_000)})
+        self.assertEqual(self.listener_closed(1)["received_sha256"], result["sent_sha256"])
+
     def test_listener_closes_after_its_data(self) -> None:
         """The listener sends 1 MiB and closes at once: every byte arrives before the close."""
         result = self.run_sender({"mode": "reply", "size": 1000, "replySize": MIB,
@@ -423,6 +433,22 @@ class HycoHttpsTests(NodeClientsMixin, unittest.TestCase):
         self.assertEqual(answer["received"], 0)
         self.assertNotIn("serviceBusAuthorization".lower(), answer["headers"])
         self.listener_saw("GET", f"/{HC}/hello/world?x=1&y=two")
+
+    def test_encoded_target_and_large_header(self) -> None:
+        """Percent-escapes reach the listener as sent; a 16 kB header passes."""
+        target = f"/{HC}/%E2%9C%93/a%20b?q=%2F%20x&empty=&plus=a+b"
+        status, _, body = self.request(self.https(), "GET", target, headers={"X-Big": "a" * 16000})
+        self.assertEqual(status, 200, body[:500])
+        answer = json.loads(body)
+        self.assertEqual(answer["url"], target)
+        self.assertEqual(answer["headers"].get("x-big"), "a" * 16000)
+
+    def test_post_4mib(self) -> None:
+        data = os.urandom(4 * MIB)
+        status, _, body = self.request(self.https(), "POST", f"/{HC}/big", data)
+        self.assertEqual(status, 200, body[:500])
+        answer = json.loads(body)
+        self.assertEqual((answer["received"], answer["sha256"]), (len(data), sha256(data)))
 
     def test_token_in_query_is_removed(self) -> None:
         """``sb-hc-token`` authenticates and never reaches the listener."""

@@ -4,7 +4,8 @@
 //   HCM_INTEROP_KEY=<send key> node ws_sender.js '{"url": "wss://localhost:PORT/$hc/hc1?sb-hc-action=connect",
 //       "keyName": "defaultSender", "mode": "echo"|"reply", "size": N, "replySize": M, "timeout": 60,
 //       "protocols": ["chat", "superchat"], "headers": {...}, "tokenIn": "header"|"query",
-//       "listenerCloses": true, "closeEarly": true (optional)}'
+//       "listenerCloses": true, "closeEarly": true, "firstMessage": bytes (default 300 KiB),
+//       "bigText": length of the echoed text message (optional)}'
 //
 // Sends N random bytes (binary messages of 1 B .. 64 KiB plus one of 300 KiB) after a text hello
 // (see ws_listener.js), receives the echo (mode "echo") or the listener's own M bytes (mode
@@ -49,11 +50,11 @@ const onOpen = () => {
   const expect = size;
   const hello = { mode: mode, expect: expect, size: replySize, closeAfter: Boolean(cfg.listenerCloses) };
   ws.send(JSON.stringify(hello));
-  if (mode === 'echo') ws.send('text passes as text');
+  if (mode === 'echo') ws.send(cfg.bigText ? 'x'.repeat(cfg.bigText) : 'text passes as text');
   let left = size;
   let big = true;
   while (left > 0) {
-    let len = big ? 300 * 1024 : 1 + crypto.randomInt(64 * 1024);
+    let len = big ? (cfg.firstMessage || 300 * 1024) : 1 + crypto.randomInt(64 * 1024);
     big = false;
     len = Math.min(len, left);
     const chunk = crypto.randomBytes(len);
@@ -94,7 +95,7 @@ ws.on('message', (data, flags) => {
     if (text.startsWith('{"stats"')) {
       listenerStats = JSON.parse(text).stats;
     } else {
-      echoedText = text;
+      echoedText = text.length > 100 ? { length: text.length, sha256: crypto.createHash('sha256').update(text).digest('hex') } : text;
     }
   }
   maybeFinish();
