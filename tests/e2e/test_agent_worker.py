@@ -9,12 +9,15 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+import ssl
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from twisted.internet import defer, protocol, reactor
+from twisted.internet import defer, protocol, reactor, threads
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ServerEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import deferLater
@@ -367,6 +370,27 @@ class WorkerEndToEnd(unittest.TestCase):
         self.assertEqual(status["endpoint_reachable"], False)
         self.assertEqual(status["state"], "connected")
         print(f"\nendpoint down: sender failed after {elapsed:.3f} s")
+
+    @defer.inlineCallbacks
+    def test_http_requests_answered_501(self) -> Any:
+        """HTTP-mode requests get 501, inline (small) and via a rendezvous (large body)."""
+        token = mint(self.relay, "hc1", "defaultSender")
+        url = f"https://localhost:{self.relay.port}/hc1/some/path?x=1"
+        context = ssl.create_default_context(cafile=str(self.relay.ca_path))
+
+        def request(body: bytes | None) -> tuple[int, str]:
+            req = urllib.request.Request(url, data=body, method="POST" if body else "GET",
+                                         headers={"ServiceBusAuthorization": token})
+            try:
+                with urllib.request.urlopen(req, context=context, timeout=10) as response:
+                    return response.status, response.reason
+            except urllib.error.HTTPError as e:
+                return e.code, e.reason
+
+        small = yield threads.deferToThread(request, None)
+        large = yield threads.deferToThread(request, b"x" * 200_000)
+        self.assertEqual(small, (501, "Not Implemented"))
+        self.assertEqual(large, (501, "Not Implemented"))
 
     @defer.inlineCallbacks
     def test_master_gone_worker_exits(self) -> Any:
