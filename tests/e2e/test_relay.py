@@ -175,6 +175,36 @@ class ConnectTests(RelayTestCase):
         code, _ = await rdv.closed
         self.assertEqual(code, 1001)
 
+    async def test_slow_reader_pauses_writer(self) -> None:
+        """A reader that stops reading pauses the writer: the relay's memory stays bounded."""
+        _, sender, rdv, _ = await self.pair()
+        assert self.relay.proc is not None
+        pid = self.relay.proc.pid
+
+        def rss_mb() -> float:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+            raise AssertionError("no VmRSS")
+
+        rdv.transport.pauseProducing()
+        before = rss_mb()
+        size, step = 48 * 1024 * 1024, 1024 * 1024
+        data = hashlib.shake_256(b"slow").digest(size)
+        for off in range(0, size, step):
+            sender.sendMessage(data[off:off + step], isBinary=True)
+        await rc.sleep(2.0)
+        grown = rss_mb() - before
+        self.assertLess(grown, 24, f"relay grew by {grown:.1f} MB while the reader was paused")
+        rdv.transport.resumeProducing()
+        h = hashlib.sha256()
+        got = 0
+        while got < size:
+            payload, _ = await rdv.messages.get()
+            h.update(payload)
+            got += len(payload)
+        self.assertEqual(h.digest(), hashlib.sha256(data).digest())
+
     async def test_reject(self) -> None:
         """Reject: 410 to the listener, the listener's code and description to the sender."""
         listener = await self.listen()
