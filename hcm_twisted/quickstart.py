@@ -124,9 +124,19 @@ def _tail(text: str, lines: int = 15) -> str:
     return "\n".join("    " + line for line in text.splitlines()[-lines:])
 
 
+def admin_socket_path(directory: Path) -> Path:
+    """``DIR/admin.sock``, or a short temporary directory's when that path is too long."""
+    path = directory / "admin.sock"
+    if len(str(path).encode()) <= 100:  # sun_path holds 108 bytes on Linux, 104 on BSDs
+        return path
+    return Path(tempfile.mkdtemp(prefix="hcmq-")) / "admin.sock"
+
+
 def write_configs(directory: Path, relay_port: int, sender_port: int, echo_port: int,
-                  workers: int) -> dict[str, Path]:
+                  workers: int, admin_socket: Path | None = None) -> dict[str, Path]:
     """The relay, agent and sender configs (keys fresh and random, files 0600)."""
+    if admin_socket is None:
+        admin_socket = directory / "admin.sock"
     listen_key, send_key = _key(), _key()
     relay = {
         "namespace": "localhost",
@@ -151,7 +161,7 @@ def write_configs(directory: Path, relay_port: int, sender_port: int, echo_port:
     agent = {
         "agent": {
             "workers": workers,
-            "admin": f"unix:{directory / 'admin.sock'}:mode=600",
+            "admin": f"unix:{admin_socket}:mode=600",
             "ca-certificates": ca,
         },
         "hybrid-connection": [{
@@ -235,7 +245,9 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None) -> int
         directory = Path(tempfile.mkdtemp(prefix="hcm-quickstart-"))
     relay_port, echo_port = _free_port(), _free_port()
     sender_port = args.port or _free_port()
-    paths = write_configs(directory, relay_port, sender_port, echo_port, max(1, args.workers))
+    admin_socket = admin_socket_path(directory)
+    paths = write_configs(directory, relay_port, sender_port, echo_port, max(1, args.workers),
+                          admin_socket)
     python = sys.executable
     children: list[_Child] = []
 
@@ -247,6 +259,12 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None) -> int
         for child in reversed(children):
             child.stop()
         children.clear()
+        if admin_socket.parent != directory:
+            try:
+                admin_socket.unlink(missing_ok=True)
+                admin_socket.parent.rmdir()
+            except OSError:
+                pass
 
     from twisted.internet import reactor as _reactor
 
