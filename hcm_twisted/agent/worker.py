@@ -12,6 +12,7 @@ master is gone) the worker exits within two seconds.  Logs go to stderr.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import Any
@@ -44,6 +45,11 @@ from hcm_twisted.core import logging as hcm_logging
 from hcm_twisted.core.errors import MalformedInput
 
 EXIT_GRACE = 1.0  # seconds to close channels after the master went away
+STATUS_LIMIT = 60_000  # bytes of status JSON (an AMP value holds at most 65535)
+
+
+def _json_size(obj: Any) -> int:
+    return len(json.dumps(obj, separators=(",", ":")).encode("utf-8"))
 
 
 @attrs.define(eq=False)
@@ -124,13 +130,40 @@ class Worker:
             return
         hc.listener.renew(token)
 
-    def status(self) -> dict[str, Any]:
+    def status(self, limit: int = STATUS_LIMIT) -> dict[str, Any]:
+        """``{"pid", "hcs": {name: {...}}}``, kept under ``limit`` bytes of JSON.
+
+        AMP values are capped at 64 kB.  With very many HCs, error texts are
+        shortened first; if that is not enough, the HCs that do not fit are
+        left out and ``"truncated": true`` says so.
+        """
         hcs: dict[str, Any] = {}
         for name, hc in self._hcs.items():
             entry = hc.listener.status()
             entry.update(hc.acceptor.counters())
             hcs[name] = entry
-        return {"pid": self.pid, "hcs": hcs}
+        result: dict[str, Any] = {"pid": self.pid, "hcs": hcs}
+        if _json_size(result) <= limit:
+            return result
+        for entry in hcs.values():
+            if entry.get("last_error") and len(entry["last_error"]) > 60:
+                entry["last_error"] = entry["last_error"][:57] + "..."
+        size = _json_size(result)
+        if size <= limit:
+            return result
+        kept: dict[str, Any] = {}
+        size = _json_size({"pid": self.pid, "hcs": {}, "truncated": True})
+        for name, entry in hcs.items():
+            item = _json_size({name: entry}) - 1
+            if size + item > limit:
+                break
+            kept[name] = entry
+            size += item
+        self._log.warn(
+            "status of {total} hybrid connections does not fit one AMP value: sent {kept}",
+            total=len(hcs), kept=len(kept),
+        )
+        return {"pid": self.pid, "hcs": kept, "truncated": True}
 
     def drain(self, timeout: float) -> Deferred[None]:
         """Stop accepting; let open connections finish for ``timeout`` s, then close them."""

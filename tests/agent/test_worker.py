@@ -146,6 +146,20 @@ class WorkerAmpTests(SynchronousTestCase):
         self.call(commands.SetHybridConnections, hcs=[item("hc3")])
         self.assertEqual(set(self.call(commands.GetStatus)["status"]["hcs"]), {"hc3"})
 
+    def test_status_fits_one_amp_value(self) -> None:
+        """With very many HCs the status is cut to fit AMP's 64 kB, and says so."""
+        items = [item(f"hc{i:04d}", ping_interval=30) for i in range(400)]
+        self.net.refuse = True
+        for start in range(0, 300, 100):
+            self.call(commands.StageHybridConnections, hcs=items[start:start + 100])
+        self.call(commands.SetHybridConnections, hcs=items[300:])
+        self.assertEqual(len(self.worker.status(limit=10**9)["hcs"]), 400)
+        status = self.call(commands.GetStatus)["status"]
+        self.assertTrue(status["truncated"])
+        self.assertLess(len(json.dumps(status)), 65535)
+        self.assertGreater(len(status["hcs"]), 100)
+        self.flushLoggedErrors()
+
     def test_bad_items_skipped(self) -> None:
         """A malformed item is logged and skipped; the others are applied."""
         result = self.call(commands.SetHybridConnections,
