@@ -11,6 +11,9 @@ ping-interval = 30
 drain-timeout = 30
 log-format = "text"              # or "json"
 log-level = "info"               # debug, info, warn, error, critical
+proxy = "http://proxy:3128"      # optional HTTP CONNECT proxy for relay traffic ("none": direct);
+                                 # default: https_proxy / no_proxy from the environment
+no-proxy = ["relay.internal"]    # hosts reached directly even with `proxy`
 
 [[hybrid-connection]]
 name = "hc1"                     # defaults to the connection string's EntityPath
@@ -60,6 +63,8 @@ _AGENT_KEYS = frozenset(
         "drain-timeout",
         "log-format",
         "log-level",
+        "proxy",
+        "no-proxy",
     }
 )
 _HC_KEYS = frozenset({"name", "connection-string", "endpoint"})
@@ -107,6 +112,8 @@ class AgentConfig:
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     log_format: str = "text"
     log_level: str = "info"
+    proxy: str | None = attrs.field(default=None, repr=False)  # may hold proxy credentials
+    no_proxy: str | None = None
     hybrid_connections: tuple[HybridConnectionConfig, ...] = ()
 
     def worker_count(self) -> int:
@@ -256,6 +263,22 @@ def parse_document(doc: Mapping[str, Any], path: Path) -> AgentConfig:
     if not isinstance(log_level, str) or log_level.strip().lower() not in LOG_LEVELS:
         raise MalformedInput(f"{where}: [agent] log-level: must be one of {', '.join(LOG_LEVELS)}")
     log_level = log_level.strip().lower()
+    proxy_url = agent.get("proxy")
+    if proxy_url is not None:
+        if not isinstance(proxy_url, str):
+            raise MalformedInput(f"{where}: [agent] proxy: must be an http:// URL or \"none\"")
+        if proxy_url.strip().lower() not in ("", "none", "direct"):
+            from hcm_twisted.core import proxy as proxymod
+
+            try:
+                proxymod.parse_proxy_url(proxy_url, "proxy")
+            except MalformedInput as e:
+                raise MalformedInput(f"{where}: [agent] {e}") from None
+    no_proxy = agent.get("no-proxy")
+    if isinstance(no_proxy, list) and all(isinstance(n, str) for n in no_proxy):
+        no_proxy = ",".join(n.strip() for n in no_proxy)
+    if no_proxy is not None and not isinstance(no_proxy, str):
+        raise MalformedInput(f"{where}: [agent] no-proxy: must be a list of hosts or a comma-separated string")
     cas = agent.get("ca-certificates", [])
     if isinstance(cas, str):
         cas = [cas]
@@ -285,6 +308,8 @@ def parse_document(doc: Mapping[str, Any], path: Path) -> AgentConfig:
         drain_timeout=drain_timeout,
         log_format=log_format,
         log_level=log_level,
+        proxy=proxy_url,
+        no_proxy=no_proxy,
         hybrid_connections=tuple(hcs),
     )
 

@@ -56,10 +56,23 @@ class VerifyingPolicy:
         return tls.client_options(hostname.decode("idna"), list(self.ca_certificates) or None)
 
 
-def make_agent(reactor: Any, ca_paths: Iterable[str] = ()) -> IAgent:
-    """A ``twisted.web`` agent that verifies the relay's certificate."""
-    cas = tuple(tls.load_ca_certificates(list(ca_paths)))
-    return Agent(reactor, contextFactory=VerifyingPolicy(cas), connectTimeout=REQUEST_TIMEOUT)
+def make_agent(reactor: Any, ca_paths: Iterable[str] = (), proxy_url: str | None = None,
+               no_proxy: str | None = None) -> IAgent:
+    """A ``twisted.web`` agent that verifies the relay's certificate.
+
+    Requests go through the configured HTTP CONNECT proxy (``None``: the
+    environment's ``https_proxy``/``no_proxy`` decide), like the workers' channels.
+    """
+    policy = VerifyingPolicy(tuple(tls.load_ca_certificates(list(ca_paths))))
+    try:
+        from hcm_twisted.core.proxy import AgentEndpointFactory
+    except ImportError:  # pragma: no cover (core.proxy is optional)
+        return Agent(reactor, contextFactory=policy, connectTimeout=REQUEST_TIMEOUT)
+    factory = AgentEndpointFactory(
+        reactor, lambda host: policy.creatorForNetloc(host.encode("idna"), 443),
+        configured=proxy_url, no_proxy=no_proxy, timeout=REQUEST_TIMEOUT,
+    )
+    return Agent.usingEndpointFactory(reactor, factory)
 
 
 def parse_endpoint_metadata(user_metadata: str) -> str | None:

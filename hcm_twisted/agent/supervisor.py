@@ -542,6 +542,8 @@ class Supervisor(service.Service):
                 "ca_certificates": list(self.config.ca_certificates),
                 "ping_interval": self.config.ping_interval,
                 "connect_timeout": configmod.DEFAULT_CONNECT_TIMEOUT,
+                "proxy": self.config.proxy,
+                "no_proxy": self.config.no_proxy,
             })
         return out
 
@@ -578,7 +580,8 @@ class Supervisor(service.Service):
         if self._fetch is not None:
             return self._fetch(cs)
         if self._http_agent is None:
-            self._http_agent = make_agent(self.reactor, self.config.ca_certificates)
+            self._http_agent = make_agent(self.reactor, self.config.ca_certificates,
+                                          self.config.proxy, self.config.no_proxy)
         return Deferred.fromCoroutine(
             fetch_endpoint(self._http_agent, cs, self.reactor.seconds(), self.reactor)
         )
@@ -609,7 +612,9 @@ class Supervisor(service.Service):
         old = self.config
         if new.admin != old.admin:
             self._log.warn("the admin endpoint changed; it takes effect when the agent restarts")
-        if new.ca_certificates != old.ca_certificates:
+        if (new.ca_certificates, new.proxy, new.no_proxy) != (
+            old.ca_certificates, old.proxy, old.no_proxy
+        ):
             self._http_agent = None
         self.config = new
         self._apply_hcs(new)

@@ -92,6 +92,19 @@ class ParseTests(SynchronousTestCase):
         sock = str(self.dir.resolve() / "hcm.sock").replace(":", "\\:")
         self.assertEqual(cfg.admin, f"unix:{sock}:mode=600")
 
+    def test_proxy(self) -> None:
+        """proxy and no-proxy are read; a bad proxy URL is named; credentials stay out of repr."""
+        cfg = self.load('[agent]\nproxy = "http://u:pw@proxy:3128"\nno-proxy = ["a.internal", "b"]\n')
+        self.assertEqual(cfg.proxy, "http://u:pw@proxy:3128")
+        self.assertEqual(cfg.no_proxy, "a.internal,b")
+        self.assertNotIn("pw", repr(cfg))
+        self.assertEqual(self.load('[agent]\nproxy = "none"\nno-proxy = "x,y"\n').no_proxy, "x,y")
+        self.assertIsNone(self.load("").proxy)
+        message = self.bad('[agent]\nproxy = "socks5://u:secretpw@p:1080"\n', "proxy", "socks5")
+        self.assertNotIn("secretpw", message)
+        self.bad("[agent]\nproxy = 5\n", "proxy")
+        self.bad("[agent]\nno-proxy = 5\n", "no-proxy")
+
     def test_single_ca_path(self) -> None:
         cfg = self.load('[agent]\nca-certificates = "sub/ca.pem"\n')
         self.assertEqual(cfg.ca_certificates, (str((self.dir / "sub" / "ca.pem").resolve()),))

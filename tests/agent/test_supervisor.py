@@ -256,6 +256,8 @@ class SupervisorTests(SynchronousTestCase):
             self.assertEqual(item["endpoint"], "127.0.0.1:7001")
             self.assertEqual(item["ca_certificates"], [])
             self.assertEqual(item["ping_interval"], 30.0)
+            self.assertIsNone(item["proxy"])  # the environment decides
+            self.assertIsNone(item["no_proxy"])
             rule = sas.Rule("defaultListener", KEY, "", frozenset({"Listen"}))
             token = sas.verify(item["token"], [rule], ["localhost"], "hc1", "Listen",
                                now=self.reactor.seconds())
@@ -681,6 +683,19 @@ class MetadataTests(SynchronousTestCase):
         agent = _Agent(_Response(200, b"x" * (metadata.MAX_BODY + 1)))
         d = Deferred.fromCoroutine(metadata.fetch_endpoint(agent, connstr.parse(cs_text()), now=0))  # type: ignore[arg-type]
         self.assertIn("too large", str(self.failureResultOf(d, metadata.MetadataError).value))
+
+    def test_make_agent(self) -> None:
+        """The runtime GET goes through the proxy layer with verifying TLS."""
+        from twisted.web.client import Agent, URI
+
+        agent = metadata.make_agent(MemoryReactorClock(), (), "http://proxy.example:3128", "b.example")
+        self.assertIsInstance(agent, Agent)
+        factory = agent._endpointFactory  # type: ignore[attr-defined]
+        endpoint = factory.endpointForURI(URI.fromBytes(b"https://a.example:9443/hc1"))
+        self.assertEqual(type(endpoint).__name__, "_WrapperEndpoint")  # wrapClientTLS
+        self.assertEqual(type(endpoint._wrappedEndpoint).__name__, "HTTPConnectProxyEndpoint")
+        direct = factory.endpointForURI(URI.fromBytes(b"https://b.example/hc1"))
+        self.assertEqual(type(direct._wrappedEndpoint).__name__, "HostnameEndpoint")
 
     def test_policy_verifies(self) -> None:
         """The TLS policy builds verifying client options for the host."""
