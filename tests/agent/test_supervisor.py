@@ -686,7 +686,7 @@ class MetadataTests(SynchronousTestCase):
 
     def test_make_agent(self) -> None:
         """The runtime GET goes through the proxy layer with verifying TLS."""
-        from twisted.web.client import Agent, URI
+        from twisted.web.client import URI, Agent
 
         agent = metadata.make_agent(MemoryReactorClock(), (), "http://proxy.example:3128", "b.example")
         self.assertIsInstance(agent, Agent)
