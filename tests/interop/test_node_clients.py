@@ -164,7 +164,8 @@ class NodeClientsMixin:
                    key: str | None = None) -> Event:
         """Run ws_sender.js to completion; its result line."""
         done = self.run_sender_process(config, timeout, key)
-        results = [e for e in json_lines(done.stdout) if e.get("event") == "result"]
+        wanted = "results" if config.get("parallel", 1) > 1 else "result"
+        results = [e for e in json_lines(done.stdout) if e.get("event") == wanted]
         if done.returncode != 0 or not results:
             raise AssertionError(
                 f"ws_sender.js failed ({done.returncode}):\n{done.stdout[-3000:]}\n"
@@ -324,6 +325,21 @@ class HycoWsTests(NodeClientsMixin, unittest.TestCase):
         self.assertEqual(second["received_sha256"], second["sent_sha256"])
         self.assertEqual(self.listener_closed(2)["received_sha256"], second["sent_sha256"])
 
+
+    def test_parallel_senders_with_the_same_key(self) -> None:
+        """Four connections opened in the same millisecond share ws 1.1.5's Sec-WebSocket-Key."""
+        results = self.run_sender({"mode": "echo", "size": 256 * 1024, "parallel": 4})["results"]
+        self.assertEqual(len(results), 4)
+        for result in results:
+            self.assertEqual(result["received_sha256"], result["sent_sha256"], result["index"])
+            self.assertEqual(result["listener"]["received_sha256"], result["sent_sha256"])
+        closed = [self.listener_closed(n) for n in range(1, 5)]
+        self.assertEqual(sorted(c["received_sha256"] for c in closed),
+                         sorted(r["sent_sha256"] for r in results))
+        accepts = [e for e in json_lines(self.listener.output()) if e.get("event") == "accept"]
+        self.assertEqual(len({a["id"] for a in accepts}), 4)
+        keys = {a["connectHeaders"].get("Sec-WebSocket-Key") for a in accepts}
+        self.assertEqual(len(keys), 1, keys)
 
     def test_subprotocol_chosen_by_listener(self) -> None:
         """The listener takes the first offered subprotocol; the sender's 101 carries it."""
