@@ -566,7 +566,13 @@ class Supervisor(service.Service):
         for proto in self.running_workers():
             d = proto.amp.callRemote(commands.UpdateToken, name=name, token=token)
             d.addTimeout(AMP_TIMEOUT, self.reactor)
-            d.addErrback(self._amp_failed, proto, "UpdateToken")
+            d.addErrback(self._token_failed, proto)
+
+    def _token_failed(self, f: Failure, proto: WorkerProcess) -> None:
+        """A renewed token did not arrive: send the whole set (it holds the token) once more."""
+        self._amp_failed(f, proto, "UpdateToken")
+        if not proto.exited and proto.amp.connected:
+            self._send_set(proto)
 
     def _amp_failed(self, f: Failure, proto: WorkerProcess, what: str) -> None:
         if proto.exited or not proto.amp.connected:
@@ -689,6 +695,7 @@ class Supervisor(service.Service):
             "open": 0,
             "accepted": 0,
             "restarts": slot.restarts,
+            "quick_exits": slot.failures if slot.state in (BACKOFF, CRASH_LOOP) else 0,
             "last_exit": slot.last_exit,
         }
         if isinstance(answer, _NoAnswer):

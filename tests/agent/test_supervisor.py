@@ -52,6 +52,7 @@ class FakeWorker(amp.AMP):
         self.process = process
         self.sets: list[list[dict[str, Any]]] = []
         self.staged: list[dict[str, Any]] = []
+        self.fail_tokens = False
         self.tokens: list[tuple[str, str]] = []
         self.drains: list[float] = []
         self.drain_answer: Deferred[dict[str, Any]] | None = None
@@ -71,6 +72,8 @@ class FakeWorker(amp.AMP):
 
     @commands.UpdateToken.responder
     def update_token(self, name: str, token: str) -> dict[str, Any]:
+        if self.fail_tokens:
+            raise RuntimeError("refusing the token")
         self.tokens.append((name, token))
         return {}
 
@@ -308,6 +311,7 @@ class SupervisorTests(SynchronousTestCase):
         self.assertEqual(slot.state, supervisor.CRASH_LOOP)
         self.assertEqual(self.status()[0]["workers"][0]["state"], supervisor.CRASH_LOOP)
         self.assertEqual(self.status()[0]["workers"][0]["last_exit"], "exit status 1")
+        self.assertEqual(self.status()[0]["workers"][0]["quick_exits"], 8)
         self.assertIsNotNone(other.pid)  # the other worker is untouched
 
     def proc_of(self, index: int) -> FakeProcess:
@@ -402,6 +406,19 @@ class SupervisorTests(SynchronousTestCase):
         self.reactor.advance(800)
         for p in self.reactor.processes:
             self.assertEqual(len(p.worker.tokens), 2)
+
+    def test_token_push_failure_resends_set(self) -> None:
+        """A worker that fails UpdateToken gets the whole set again, with the fresh token."""
+        self.start()
+        proc = self.reactor.processes[0]
+        proc.worker.fail_tokens = True
+        self.reactor.advance(800)
+        self.pump()
+        fresh = self.sup.tokens.token("hc1")
+        self.assertEqual(len(proc.worker.sets), 2)
+        self.assertEqual(proc.worker.sets[-1][0]["token"], fresh)
+        self.assertEqual(self.reactor.processes[1].worker.tokens, [("hc1", fresh)])
+        self.flushLoggedErrors(RuntimeError)
 
     def test_status(self) -> None:
         """connected = any worker connected; worker counters pass through; tokens never do."""
