@@ -194,6 +194,12 @@ class TlsOptionsCache:
     _anchors: list[Any] | None = None
     _by_host: dict[str, Any] = attrs.field(factory=dict)
 
+    def reset(self, ca_paths: tuple[str, ...]) -> None:
+        """Use other trust anchors from now on."""
+        self.ca_paths = ca_paths
+        self._anchors = None
+        self._by_host.clear()
+
     def options_for(self, host: str) -> Any:
         if host not in self._by_host:
             if self._anchors is None:
@@ -274,6 +280,7 @@ class ControlFactory(WebSocketClientFactory):
         super().__init__(*args, **kwargs)
         self.listener = listener
         self.opened: Deferred[ControlProtocol] | None = Deferred()
+        self.token = ""  # the token sent in this connection's upgrade request
 
 
 @implementer(ITransport)
@@ -418,9 +425,7 @@ class Listener:
         old = self.spec
         self.spec = spec
         if spec.ca_certificates != old.ca_certificates:
-            self.tls_cache.ca_paths = spec.ca_certificates
-            self.tls_cache._anchors = None
-            self.tls_cache._by_host.clear()
+            self.tls_cache.reset(spec.ca_certificates)
         self.tls_cache.proxy, self.tls_cache.no_proxy = spec.proxy, spec.no_proxy
         if (spec.url, spec.ca_certificates, spec.ping_interval, spec.proxy, spec.no_proxy) != (
             old.url, old.ca_certificates, old.ping_interval, old.proxy, old.no_proxy
@@ -475,6 +480,7 @@ class Listener:
             useragent="hcm-twisted",
             reactor=self._reactor,
         )
+        factory.token = self._token
         ping = self.spec.ping_interval
         factory.setProtocolOptions(
             autoPingInterval=ping,
@@ -571,6 +577,9 @@ class Listener:
         self.last_error = None
         self._set_state(CONNECTED)
         self._log.info("control channel connected: {name}", name=self.name)
+        if channel.factory.token != self._token:
+            # A token arrived while this channel was being opened with the old one.
+            self.renew(self._token)
 
     # ---- events from the channel -------------------------------------------
 

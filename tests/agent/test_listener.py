@@ -285,6 +285,17 @@ class MessageTests(ListenerTestBase):
         _, headers = parse_request(self.net.last[1].value())
         self.assertEqual(headers["servicebusauthorization"], fresh)
 
+    def test_renew_while_connecting(self) -> None:
+        """A token that arrives during the upgrade is sent as soon as the channel opens."""
+        self.proto.connectionLost(_lost())
+        self.clock.advance(0)
+        fresh = token(now=1_700_000_900)
+        self.listener.renew(fresh)
+        _, headers = parse_request(self.net.last[1].value())
+        self.assertNotEqual(headers["servicebusauthorization"], fresh)
+        _, transport = self.open_channel()
+        self.assertEqual(text_messages(transport.value()), [{"renewToken": {"token": fresh}}])
+
     def test_accept_dispatched(self) -> None:
         accept = messages.Accept(address="wss://relay.example:9443/$hc/hc1?sb-hc-action=accept&sb-hc-id=a1",
                                  id="a1", connect_headers={"Sec-WebSocket-Key": "x"})
