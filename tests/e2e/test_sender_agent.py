@@ -1,0 +1,155 @@
+"""The whole path with real processes: app -> hcm-sender -> hcm-relay -> hcm agent -> endpoint.
+
+The app clients and the echo endpoint run in this process; bytes are hashed at both ends.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+from twisted.internet import defer
+from twisted.trial.unittest import TestCase
+
+from tests.e2e import harness
+from tests.e2e.relayfixture import Relay, start_relay
+from tests.e2e.test_sender import (
+    cancel_batched_timers,
+    listen_echo,
+    run_client,
+    sender_hc,
+    sleep,
+    write_sender_config,
+)
+
+
+def write_agent_config(directory: Path, relay: Relay, hcs: dict[str, str],
+                       workers: int = 2) -> Path:
+    sock_dir = Path(tempfile.mkdtemp(prefix="hcmt-"))  # unix socket paths must be short
+    doc = {
+        "agent": {
+            "workers": workers,
+            "admin": f"unix:{sock_dir / 'admin.sock'}:mode=600",
+            "ca-certificates": str(relay.ca_path),
+        },
+        "hybrid-connection": [
+            {"name": hc, "connection-string": relay.connection_string(hc), "endpoint": endpoint}
+            for hc, endpoint in hcs.items()
+        ],
+    }
+    path = directory / "hcm.toml"
+    path.write_text(tomli_w.dumps(doc))
+    path.chmod(0o600)
+    return path
+
+
+class FullPathTests(TestCase):
+    timeout = 120
+
+    def setUp(self) -> None:
+        self.addCleanup(cancel_batched_timers)
+        self.directory = Path(self.mktemp()).resolve()
+        self.directory.mkdir(parents=True)
+        self.echo = listen_echo()
+        self.addCleanup(self.echo.stopListening)
+        echo_port = self.echo.getHost().port
+        closed_port = harness.free_port()  # nothing listens there
+        self.metadata_port = harness.free_port()
+        self.relay = start_relay(self.directory / "relay", hcs=(
+            "hc1",
+            "down",
+            {"name": "meta",
+             "user-metadata": f'[{{"key":"endpoint","value":"127.0.0.1:{echo_port}"}}]'},
+        ))
+        self.addCleanup(self.relay.stop)
+        agent_config = write_agent_config(self.directory, self.relay, {
+            "hc1": f"127.0.0.1:{echo_port}",
+            "down": f"127.0.0.1:{closed_port}",
+            "meta": f"127.0.0.1:{echo_port}",
+        })
+        self.addCleanup(shutil.rmtree, Path(tomli_w_load_admin(agent_config)).parent, True)
+        self.agent = harness.twist("hcm", agent_config, cwd=self.directory, name="hcm-agent")
+        self.addCleanup(self.agent.stop)
+        self.agent.wait_log(r"hcm agent ready", timeout=30)
+        for hc in ("hc1", "down", "meta"):
+            self.agent.wait_log(rf"control channel connected: {hc}", timeout=30)
+        self.port = harness.free_port()
+        self.down_port = harness.free_port()
+        sender_config = write_sender_config(self.directory, self.relay, [
+            sender_hc(self.relay, "hc1", self.port),
+            sender_hc(self.relay, "down", self.down_port),
+            {"name": "meta",
+             "connection-string": self.relay.connection_string("meta", "defaultSender"),
+             "address": "127.0.0.7"},
+        ])
+        self.sender = harness.twist("hcm-sender", sender_config, cwd=self.directory)
+        self.addCleanup(self.sender.stop)
+        self.sender.wait_log(rf"hcm-sender listening on 127\.0\.0\.1:{self.port} for hc1")
+        self.meta_port = echo_port
+
+    @defer.inlineCallbacks
+    def test_64mib_byte_exact(self) -> Any:
+        size = 64 << 20
+        started = time.monotonic()
+        client = yield run_client(self.port, size)
+        elapsed = time.monotonic() - started
+        self.assertEqual(client.count, size)
+        self.assertEqual(client.received.hexdigest(), client.sent.hexdigest())
+        print(f"\n64 MiB echoed app->sender->relay->agent->endpoint and back in {elapsed:.2f} s")
+
+    @defer.inlineCallbacks
+    def test_50_concurrent_transfers(self) -> Any:
+        sizes = [(i * 7919) % (256 * 1024) + 1 for i in range(50)]
+        clients = yield defer.gatherResults([run_client(self.port, n) for n in sizes])
+        for client, n in zip(clients, sizes, strict=True):
+            self.assertEqual(client.count, n)
+            self.assertEqual(client.received.hexdigest(), client.sent.hexdigest())
+
+    @defer.inlineCallbacks
+    def test_unreachable_endpoint_is_rejected_fast(self) -> Any:
+        """The agent rejects; the sender closes the app's connection and logs the status."""
+        started = time.monotonic()
+        client = yield run_client(self.down_port, 1000)
+        self.assertLess(time.monotonic() - started, 2.0)
+        self.assertEqual(client.count, 0)
+        for _ in range(40):
+            if "down: connection from" in self.sender.output():
+                break
+            yield sleep(0.05)
+        log = self.sender.output()
+        self.assertRegex(log, r"down: connection from 127\.0\.0\.1:\d+ closed, the relay did not "
+                              r"connect it: \d{3} ")
+        self.assertNotIn(harness.TEST_KEYS["defaultSender"], log)
+
+    @defer.inlineCallbacks
+    def test_dns_name_mode_from_metadata(self) -> Any:
+        """No listen: the endpoint comes from the HC's user metadata, bound on 127.0.0.7."""
+        self.sender.wait_log(
+            rf"hcm-sender listening on 127\.0\.0\.7:{self.meta_port} for meta "
+            rf"\(apps use 127\.0\.0\.1:{self.meta_port}\)"
+        )
+        client = yield run_client_at("127.0.0.7", self.meta_port, 100_000)
+        self.assertEqual(client.count, 100_000)
+        self.assertEqual(client.received.hexdigest(), client.sent.hexdigest())
+
+
+def tomli_w_load_admin(config: Path) -> str:
+    import tomllib
+
+    admin = tomllib.loads(config.read_text())["agent"]["admin"]
+    return str(admin.split(":", 1)[1].split(":mode")[0])
+
+
+def run_client_at(host: str, port: int, size: int) -> Any:
+    from twisted.internet import endpoints
+
+    from tests.e2e.test_sender import AppClient, reactor
+
+    client = AppClient(size)
+    d = endpoints.connectProtocol(endpoints.TCP4ClientEndpoint(reactor, host, port), client)
+    d.addCallback(lambda _: client.closed)
+    return d
