@@ -12,7 +12,8 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.trial import unittest
 
 from hcm_twisted.agent import commands
-from hcm_twisted.core import tls
+from hcm_twisted.core import connstr, tls, urls
+from tests.e2e import relayclient
 from tests.e2e.relayfixture import start_relay
 from tests.e2e.test_agent_worker import (
     EchoFactory,
@@ -113,6 +114,36 @@ class WorkerResilience(unittest.TestCase):
         token = mint(self.relay, "hc1", "defaultListener", lifetime=60)
         await self.worker.call(commands.UpdateToken, name="hc1", token=token)
         await self.worker.wait_log(r"control channel connected: hc1", count=2, timeout=3)
+
+    def test_drain(self) -> defer.Deferred[None]:
+        """Drain: the channel closes at once (new senders get 404), an open connection
+        keeps working until the timeout, is then closed, and Drain answers."""
+        return defer.ensureDeferred(self._drain())
+
+    async def _drain(self) -> None:
+        await self.start()
+        url = urls.connect_url(connstr.parse(self.relay.connection_string("hc1", "defaultSender")))
+        headers = {"ServiceBusAuthorization": mint(self.relay, "hc1", "defaultSender")}
+        client = await relayclient.connect(url, str(self.relay.ca_path), headers)
+        client.sendMessage(b"before", isBinary=True)
+        self.assertEqual(await client.messages.get(), (b"before", True))
+        started = time.monotonic()
+        drained = defer.ensureDeferred(self.worker.call(commands.Drain, timeout=2.0))
+        await self.wait_state(lambda s: s["state"] == "stopped", 5)
+        # No listener any more: a new sender is refused by the relay.
+        with self.assertRaises(relayclient.HandshakeFailed) as cm:
+            await relayclient.connect(url, str(self.relay.ca_path), headers)
+        self.assertEqual(cm.exception.status, 404)
+        # The open connection still works until the drain timeout.
+        client.sendMessage(b"during", isBinary=True)
+        self.assertEqual(await client.messages.get(), (b"during", True))
+        self.assertFalse(drained.called)
+        code, _ = await client.closed
+        self.assertEqual(await drained, {})
+        elapsed = time.monotonic() - started
+        self.assertEqual(code, 1001)
+        self.assertGreater(elapsed, 1.8)
+        self.assertLess(elapsed, 4.0)
 
     def test_untrusted_relay_reported(self) -> defer.Deferred[None]:
         """Without the relay's CA the channel fails TLS verification, and says so."""
