@@ -618,3 +618,30 @@ class HycoHttpsTests(NodeClientsMixin, unittest.TestCase):
         for i, (status, got, want) in enumerate(results):
             self.assertEqual(status, 200, f"request {i}")
             self.assertEqual(got, want, f"request {i}")
+
+    def test_concurrent_large_responses(self) -> None:
+        """Six answers over 64 kB at once: each on its own rendezvous, none mixed up."""
+
+        def one(i: int) -> tuple[int, bool, int]:
+            size = 70_000 + 40_000 * i
+            status, _, body = self.request(
+                self.https(), "GET", f"/{HC}/blob?size={size}&seed=c{i}&delay={(6 - i) * 50}")
+            return status, sha256(body) == sha256(seeded_bytes(f"c{i}", size)), len(body)
+
+        with ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(one, range(6)))
+        for i, (status, exact, length) in enumerate(results):
+            self.assertEqual(status, 200, f"request {i}")
+            self.assertTrue(exact, f"request {i}: {length} bytes, not the expected ones")
+
+    def test_listener_gone_while_request_pending(self) -> None:
+        """A listener that dies with a request in hand: the sender gets 502 at once."""
+        conn = self.https()
+        started = time.monotonic()
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(self.request, conn, "GET", f"/{HC}/slow?delay=20000")
+            self.listener_saw("GET", f"/{HC}/slow?delay=20000")
+            self.listener.kill()
+            status, _, body = pending.result(timeout=30)
+        self.assertEqual(status, 502, body[:500])
+        self.assertLess(time.monotonic() - started, 15)
