@@ -8,6 +8,10 @@ connect-timeout = 30               # seconds for TCP + TLS + WebSocket handshake
 linger = 60                        # seconds a half-closed connection may stay open
 log-format = "text"                # or "json"
 log-level = "info"
+ping-interval = 30                 # seconds between WebSocket pings on idle connections (0: off)
+proxy = "http://proxy:3128"        # optional HTTP CONNECT proxy for relay traffic ("none": direct);
+                                   # default: https_proxy / no_proxy from the environment
+no-proxy = ["relay.internal"]      # hosts reached directly even with `proxy`
 
 [[hybrid-connection]]
 name = "hc1"                       # defaults to the connection string's EntityPath
@@ -46,11 +50,12 @@ from hcm_twisted.core.logging import LOG_FORMATS, LOG_LEVELS
 DEFAULT_TOKEN_LIFETIME = 3600.0
 DEFAULT_CONNECT_TIMEOUT = 30.0
 DEFAULT_LINGER = 60.0
+DEFAULT_PING_INTERVAL = 30.0
 
 _TOP_KEYS = frozenset(
     {
         "ca-certificates", "token-lifetime", "connect-timeout", "linger", "log-format",
-        "log-level", "hybrid-connection",
+        "log-level", "ping-interval", "proxy", "no-proxy", "hybrid-connection",
     }
 )
 _HC_KEYS = frozenset({"name", "connection-string", "listen", "endpoint", "address"})
@@ -92,6 +97,9 @@ class SenderConfig:
     linger: float = DEFAULT_LINGER
     log_format: str = "text"
     log_level: str = "info"
+    ping_interval: float = DEFAULT_PING_INTERVAL
+    proxy: str | None = attrs.field(default=None, repr=False)  # may hold proxy credentials
+    no_proxy: str | None = None
 
 
 def split_host_port(text: str, what: str) -> tuple[str, int]:
@@ -200,7 +208,42 @@ def parse(doc: dict[str, Any], path: Path) -> SenderConfig:
         linger=_number(doc, "linger", DEFAULT_LINGER, where),
         log_format=_choice(doc, "log-format", "text", LOG_FORMATS, where),
         log_level=_choice(doc, "log-level", "info", LOG_LEVELS, where),
+        ping_interval=_ping_interval(doc, where),
+        proxy=_proxy(doc, where),
+        no_proxy=_no_proxy(doc, where),
     )
+
+
+def _ping_interval(doc: dict[str, Any], where: str) -> float:
+    value = doc.get("ping-interval", DEFAULT_PING_INTERVAL)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise MalformedInput(f"{where}: ping-interval: must be a number of seconds (0: off)")
+    return float(value)
+
+
+def _proxy(doc: dict[str, Any], where: str) -> str | None:
+    value = doc.get("proxy")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise MalformedInput(f"{where}: proxy: must be an http:// URL or \"none\"")
+    if value.strip().lower() not in ("", "none", "direct"):
+        from hcm_twisted.core import proxy as proxymod
+
+        try:
+            proxymod.parse_proxy_url(value, "proxy")
+        except MalformedInput as e:
+            raise MalformedInput(f"{where}: {e}") from None
+    return value
+
+
+def _no_proxy(doc: dict[str, Any], where: str) -> str | None:
+    value = doc.get("no-proxy")
+    if isinstance(value, list) and all(isinstance(n, str) for n in value):
+        value = ",".join(n.strip() for n in value)
+    if value is not None and not isinstance(value, str):
+        raise MalformedInput(f"{where}: no-proxy: must be a list of hosts or a comma-separated string")
+    return value
 
 
 def _choice(doc: dict[str, Any], key: str, default: str, choices: tuple[str, ...],

@@ -19,13 +19,13 @@ from typing import Any
 import attrs
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint, serverFromString, wrapClientTLS
+from twisted.internet.endpoints import serverFromString, wrapClientTLS
 from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from hcm_twisted.core import sas, tls, urls
+from hcm_twisted.core import proxy, sas, tls, urls
 from hcm_twisted.core.bridge import Bridge, BridgeClientFactory, TcpLeg
 from hcm_twisted.core.errors import MalformedInput
 from hcm_twisted.sender.config import SenderConfig, SenderHc, listen_description
@@ -77,8 +77,14 @@ class Forwarder(Factory):
         token_lifetime: float = 3600.0,
         connect_timeout: float = 30.0,
         linger: float = 60.0,
+        ping_interval: float = 0.0,
+        proxy: str | None = None,
+        no_proxy: str | None = None,
     ) -> None:
         self.hc = hc
+        self.ping_interval = ping_interval
+        self._proxy = proxy
+        self._no_proxy = no_proxy
         self._reactor = reactor
         self.token_lifetime = token_lifetime
         self.connect_timeout = connect_timeout
@@ -106,7 +112,13 @@ class Forwarder(Factory):
             self.url, bridge, headers=self.headers(), reactor=self._reactor,
             useragent=USER_AGENT,
         )
-        factory.setProtocolOptions(openHandshakeTimeout=self.connect_timeout)
+        # Pings keep idle connections alive through NATs and load balancers.  No pong
+        # timeout: a leg paused by flow control does not read its pongs.
+        factory.setProtocolOptions(
+            openHandshakeTimeout=self.connect_timeout,
+            autoPingInterval=self.ping_interval,
+            autoPingTimeout=0,
+        )
         d = self.relay_endpoint().connect(factory)
         d.addErrback(self._connect_failed, bridge)
 
@@ -125,7 +137,8 @@ class Forwarder(Factory):
 
     def relay_endpoint(self) -> IStreamClientEndpoint:
         cs = self.hc.connection_string
-        tcp = HostnameEndpoint(self._reactor, cs.host, cs.port, timeout=self.connect_timeout)
+        via = proxy.resolve_proxy(cs.host, cs.port, self._proxy, self._no_proxy)
+        tcp = proxy.endpoint_for(self._reactor, cs.host, cs.port, via, self.connect_timeout)
         return wrapClientTLS(self._tls, tcp)
 
     def _connect_failed(self, failure: Failure, bridge: Bridge) -> None:
@@ -200,7 +213,8 @@ class SenderService(service.Service):
         for hc in config.hybrid_connections:
             self.forwarders[hc.name] = Forwarder(
                 hc, reactor, config.ca_certificates, config.token_lifetime,
-                config.connect_timeout, config.linger,
+                config.connect_timeout, config.linger, config.ping_interval,
+                config.proxy, config.no_proxy,
             )
 
     def startService(self) -> None:

@@ -82,6 +82,20 @@ address = "127.0.0.9"
         self.assertBad(hc.replace('listen = "tcp:1"', 'listen = "tcp:1"\naddress = "127.0.0.5"'),
                        "only for DNS-name mode")
         self.assertBad("this is not toml", "not valid TOML")
+        self.assertBad("ping-interval = -1\n" + hc, "ping-interval")
+        self.assertBad('proxy = "ftp://x"\n' + hc, "proxy")
+        self.assertBad("no-proxy = 5\n" + hc, "no-proxy")
+
+    def test_proxy_and_ping(self) -> None:
+        hc = f'[[hybrid-connection]]\nconnection-string = "{CS}"\nlisten = "tcp:1"\n'
+        c = config.load(self.write(
+            'proxy = "http://user:secret@proxy:3128"\nno-proxy = ["a", "b.example"]\n'
+            "ping-interval = 0\n" + hc
+        ))
+        self.assertEqual((c.proxy, c.no_proxy, c.ping_interval),
+                         ("http://user:secret@proxy:3128", "a,b.example", 0.0))
+        self.assertNotIn("secret", repr(c))
+        self.assertEqual(config.load(self.write(hc)).ping_interval, 30.0)
 
     def test_split_host_port(self) -> None:
         self.assertEqual(config.split_host_port("db:1433", "x"), ("db", 1433))
