@@ -352,16 +352,28 @@ def load(path: str | Path) -> AgentConfig:
 def write_document(path: str | Path, doc: Mapping[str, Any]) -> AgentConfig:
     """Validate ``doc`` and write it atomically (temp file, fsync, rename), mode 0600.
 
-    On any error the old file is left as it was.
+    A replaced file keeps its owner and group.  On any error the old file is
+    left as it was.
     """
     p = Path(path)
     text = tomli_w.dumps(dict(doc))
     config = parse_text(text, p)
     directory = p.parent if str(p.parent) else Path(".")
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        old = os.stat(p)
+    except FileNotFoundError:
+        old = None
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=directory)
     try:
+        # Always 0600.  A replaced file keeps its owner and group: root editing the
+        # agent's file must not take it away from the agent.
         os.fchmod(fd, 0o600)
+        if old is not None and (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
+            try:
+                os.fchown(fd, old.st_uid, old.st_gid)
+            except PermissionError:
+                pass  # not root: the file becomes ours, as any editor would leave it
         with os.fdopen(fd, "wb") as f:
             f.write(text.encode("utf-8"))
             f.flush()

@@ -233,6 +233,18 @@ class WriteTests(SynchronousTestCase):
         self.assertEqual([h.name for h in cfg.hybrid_connections], ["second", "hc3"])
         self.assertEqual(os.listdir(self.dir), ["hcm.toml"])  # no temp file left
 
+    def test_keeps_owner_and_mode(self) -> None:
+        """Rewriting keeps the file's owner and group; the mode becomes 0600."""
+        self.path.write_text(GOOD)
+        os.chmod(self.path, 0o664)
+        if os.geteuid() == 0:
+            os.chown(self.path, 4321, 4322)
+        config.write_document(self.path, config.read_document(self.path))
+        st = os.stat(self.path)
+        self.assertEqual(stat.S_IMODE(st.st_mode), 0o600)
+        if os.geteuid() == 0:
+            self.assertEqual((st.st_uid, st.st_gid), (4321, 4322))
+
     def test_new_file(self) -> None:
         """Writing creates the directory and the file."""
         path = self.dir / "sub" / "hcm.toml"
