@@ -4,6 +4,7 @@
 - ``GET /status``: a list of HC status objects (DESIGN "Status").
 - ``GET /status/NAME``: one of them (404 if there is no such HC).
 - ``POST /reload``: re-read the config file and apply it; other HCs are untouched.
+- ``GET /``: a self-refreshing HTML status page; ``GET /metrics``: Prometheus metrics.
 
 By default it listens on a unix socket next to the config file with mode 0600,
 so only the agent's user (and root) can use it.
@@ -122,6 +123,12 @@ def make_site(supervisor: Any) -> server.Site:
         pass
     else:
         root.putChild(b"", StatusPage(supervisor.status))
+    try:
+        from hcm_twisted.core.metrics import MetricsResource
+    except ImportError:  # pragma: no cover (prometheus-client missing)
+        pass
+    else:
+        root.putChild(b"metrics", MetricsResource(supervisor.status))
     root.putChild(b"status", StatusResource(supervisor))
     root.putChild(b"reload", ReloadResource(supervisor))
     site = _Quiet(root)

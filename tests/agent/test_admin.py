@@ -97,6 +97,20 @@ class ResourceTests(SynchronousTestCase):
         self.assertNotIn("boom", json.dumps(body))
         self.flushLoggedErrors(RuntimeError)
 
+    def test_metrics_and_page(self) -> None:
+        """/metrics renders the status for Prometheus; / is the HTML page."""
+        for path in (b"metrics", b""):
+            request = DummyRequest([path] if path else [b""])
+            resource = self.site.resource.getChildWithDefault(path, request)
+            request.postpath = []
+            self.assertIs(resource.render(request), NOT_DONE_YET)
+            body = b"".join(request.written)
+            self.assertEqual(request.responseCode or 200, 200)
+            if path:
+                self.assertIn(b'hcm_hybrid_connection_connected{hc="hc1"} 1.0', body)
+            else:
+                self.assertIn(b"<html", body.lower())
+
     def test_reload(self) -> None:
         code, body = render(self.site, b"POST", b"/reload")
         self.assertEqual((code, body), (200, {"ok": True, "hybrid_connections": ["hc1"]}))
