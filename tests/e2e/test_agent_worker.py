@@ -166,6 +166,9 @@ class HashingEcho(protocol.Protocol):
         self.transport.setTcpNoDelay(True)  # type: ignore[union-attr]
         self.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
         self.factory.connections += 1
+        self.factory.live.append(self)
+        if self.factory.stalled:
+            self.transport.pauseProducing()  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
         self.hash.update(data)
@@ -177,6 +180,7 @@ class HashingEcho(protocol.Protocol):
 
     def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
         self.factory.finished.append((self.count, self.hash.hexdigest()))
+        self.factory.live.remove(self)
 
 
 class EchoFactory(protocol.Factory):
@@ -185,6 +189,13 @@ class EchoFactory(protocol.Factory):
     def __init__(self) -> None:
         self.connections = 0
         self.finished: list[tuple[int, str]] = []
+        self.live: list[HashingEcho] = []
+        self.stalled = False  # new connections do not read until resumed
+
+    def resume(self) -> None:
+        self.stalled = False
+        for proto in self.live:
+            proto.transport.resumeProducing()  # type: ignore[union-attr]
 
 
 # ---- the sender ---------------------------------------------------------------------
@@ -206,6 +217,7 @@ class Sender(WebSocketClientProtocol):
 
     def onOpen(self) -> None:
         self.factory.opened_at = time.monotonic()
+        self.factory.connection = self
         self._offset = 0
         self._paused = False
         self.received = 0
@@ -253,6 +265,7 @@ class SenderFactory(WebSocketClientFactory):
         super().__init__(url, headers={"ServiceBusAuthorization": token})
         self.payload = payload
         self.opened_at: float | None = None
+        self.connection: Sender | None = None
         self.done: defer.Deferred[tuple[int, str]] = defer.Deferred()
         self.setProtocolOptions(
             autoFragmentSize=0, maxFramePayloadSize=0, maxMessagePayloadSize=0,
@@ -260,10 +273,15 @@ class SenderFactory(WebSocketClientFactory):
         )
 
 
-def send(relay: Relay, hc: str, payload: bytes, cas: Any) -> defer.Deferred[tuple[int, str]]:
+def send(relay: Relay, hc: str, payload: bytes, cas: Any,
+         factory: SenderFactory | None = None) -> defer.Deferred[tuple[int, str]]:
     """One sender connection: send ``payload``, read it back; fires (bytes, sha256)."""
     url = urls.connect_url(connstr.parse(relay.connection_string(hc, "defaultSender")))
-    factory = SenderFactory(url, mint(relay, hc, "defaultSender"), payload)
+    if factory is None:
+        factory = SenderFactory(url, mint(relay, hc, "defaultSender"), payload)
+    else:
+        factory.setSessionParameters(url, headers={"ServiceBusAuthorization": mint(
+            relay, hc, "defaultSender")})
     endpoint = wrapClientTLS(tls.client_options("localhost", cas),
                              HostnameEndpoint(R, "localhost", relay.port, timeout=10))
 
@@ -273,6 +291,14 @@ def send(relay: Relay, hc: str, payload: bytes, cas: Any) -> defer.Deferred[tupl
 
     endpoint.connect(factory).addErrback(failed)
     return factory.done
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process (KiB)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
 
 
 def payload_of(size: int, seed: int) -> bytes:
@@ -349,6 +375,29 @@ class WorkerEndToEnd(unittest.TestCase):
         self.assertEqual(status["accepted"], 100)
         self.assertEqual(status["bytes_in"], 100 * MiB)
         print(f"\n100 x 1 MiB concurrent echo: {elapsed:.2f} s")
+
+    @defer.inlineCallbacks
+    def test_backpressure_stalled_endpoint(self) -> Any:
+        """An endpoint that does not read pauses the sender; the worker's memory stays
+        bounded; once it reads again, every byte arrives."""
+        self.echo.stalled = True
+        payload = payload_of(64 * MiB, 3)
+        url = urls.connect_url(connstr.parse(self.relay.connection_string("hc1", "defaultSender")))
+        factory = SenderFactory(url, "", payload)
+        pid = self.worker.transport.pid
+        rss_before = rss_kib(pid)
+        done = send(self.relay, "hc1", payload, self.cas, factory)
+        yield sleep(2)
+        assert factory.connection is not None
+        sent = factory.connection._offset
+        rss_stalled = rss_kib(pid)
+        self.assertLess(sent, 40 * MiB, "the sender was not paused")
+        self.assertLess(rss_stalled - rss_before, 40 * 1024, "worker memory grew")
+        self.echo.resume()
+        received, digest = yield done
+        self.assertEqual((received, digest), (len(payload), hashlib.sha256(payload).hexdigest()))
+        print(f"\nstalled endpoint: sender paused after {sent / MiB:.1f} MiB; worker RSS "
+              f"{rss_before / 1024:.0f} -> {rss_stalled / 1024:.0f} MiB")
 
     @defer.inlineCallbacks
     def test_endpoint_down_fails_sender_fast(self) -> Any:
