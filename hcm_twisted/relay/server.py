@@ -210,6 +210,47 @@ class Hub:
     rng: random.Random = attrs.field(factory=random.SystemRandom)
     accepted: int = 0
     rejected: int = 0
+    connections: set[RelayProtocol] = attrs.field(factory=set)
+    _drained: list[defer.Deferred[None]] = attrs.field(factory=list)
+
+    def counters(self) -> dict[str, Any]:
+        """Numbers for metrics and tests."""
+        return {
+            "connections": len(self.connections),
+            "pending_rendezvous": len(self.pending),
+            "accepted_total": self.accepted,
+            "rejected_total": self.rejected,
+            "listeners": {name: sum(1 for p in items if p.is_live_listener())
+                          for name, items in self.listeners.items()},
+        }
+
+    def connection_gone(self, proto: RelayProtocol) -> None:
+        self.connections.discard(proto)
+        if not self.connections:
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)
+
+    def shutdown(self, timeout: float) -> defer.Deferred[None]:
+        """Close every WebSocket with 1001 and wait (at most ``timeout``) until they are gone."""
+        for proto in list(self.connections):
+            proto._send_close(1001, "The relay is shutting down.")
+        if not self.connections:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._drained.append(d)
+
+        def give_up() -> None:
+            for proto in list(self.connections):
+                if proto.transport is not None:
+                    proto.transport.abortConnection()
+            if not d.called:
+                self._drained.remove(d)
+                d.callback(None)
+
+        call = self.reactor.callLater(timeout, give_up)
+        d.addBoth(lambda r: call.cancel() if call.active() else None)
+        return d
 
     @property
     def config(self) -> Any:
@@ -292,6 +333,7 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 
     def connectionMade(self) -> None:
         set_nodelay(self.transport)
+        self.hub.connections.add(self)
         super().connectionMade()
 
     def dataReceived(self, data: bytes) -> None:
@@ -713,6 +755,7 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             super().connectionLost(reason)
         finally:
             self._teardown()
+            self.hub.connection_gone(self)
 
     def _teardown(self) -> None:
         if self._abort_timer is not None and self._abort_timer.active():

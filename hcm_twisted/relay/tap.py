@@ -8,7 +8,7 @@ from typing import Any
 from autobahn import websocket as _autobahn_websocket
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
-from twisted.internet import endpoints
+from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python import usage
@@ -86,6 +86,12 @@ class RelayService(service.MultiService):
         d = self.port_service._waitingForPort
         if d is not None:
             d.addCallback(self._listening)
+
+    def stopService(self) -> defer.Deferred[None]:
+        """Stop listening, then close every WebSocket with 1001 (bounded wait)."""
+        d = defer.maybeDeferred(super().stopService)
+        d.addBoth(lambda _: self.hub.shutdown(self.relay_config.close_timeout))
+        return d
 
     def _listening(self, port: IListeningPort) -> IListeningPort:
         host = port.getHost()

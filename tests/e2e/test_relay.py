@@ -312,6 +312,18 @@ class KeyTests(RelayTestCase):
         self.assertEqual((cs.key, cs.port, cs.entity_path), (new_key, self.port, "hc1"))
 
 
+    async def test_restart_on_same_port(self) -> None:
+        """stop() closes listeners with 1001; start() again: same port and CA."""
+        listener = await self.listen()
+        ca_before = Path(self.ca).read_bytes()
+        self.relay.stop()
+        code, _ = await listener.closed
+        self.assertEqual(code, 1001)  # a clean "going away" from the relay
+        self.relay.start()
+        self.assertEqual(Path(self.ca).read_bytes(), ca_before)
+        await self.listen()
+
+
 class RenewTests(RelayTestCase):
     extra_toml = "token-grace = 1"
 

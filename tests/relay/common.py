@@ -60,9 +60,9 @@ def send_token(hc: str = "hc1", lifetime: float = 3600, now: float | None = None
 
 
 def handshake(target: str, headers: dict[str, str] | None = None,
-              protocols: list[str] | None = None) -> bytes:
+              protocols: list[str] | None = None, host: str = "localhost:9443") -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
-    lines = [f"GET {target} HTTP/1.1", "Host: localhost:9443", "Upgrade: websocket",
+    lines = [f"GET {target} HTTP/1.1", f"Host: {host}", "Upgrade: websocket",
              "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
     if protocols:
         lines.append(f"Sec-WebSocket-Protocol: {', '.join(protocols)}")
@@ -170,14 +170,14 @@ class RelayUnitTest(unittest.TestCase):
         return self.clock.seconds()
 
     def open(self, target: str, headers: dict[str, str] | None = None,
-             protocols: list[str] | None = None) -> Conn:
+             protocols: list[str] | None = None, host: str = "localhost:9443") -> Conn:
         """Connect and send a handshake; ``conn.status`` holds the response status line."""
         self._port += 1
         proto: Any = self.ws.buildProtocol(IPv4Address("TCP", "127.0.0.1", self._port))
         transport = Transport(peerAddress=IPv4Address("TCP", "127.0.0.1", self._port))
         proto.makeConnection(transport)
         conn = Conn(proto, transport)
-        proto.dataReceived(handshake(target, headers, protocols))
+        proto.dataReceived(handshake(target, headers, protocols, host))
         self._read_status(conn)
         return conn
 

@@ -194,6 +194,15 @@ class RendezvousTests(RelayUnitTest):
         self.assertIn(" 101 ", rdv.status)
         self.assertIn(b"Sec-WebSocket-Protocol: p2", sender.transport.value())
 
+    def test_unbracketed_ipv6_host(self) -> None:
+        """A Host of ``::1:9443`` is accepted; the accept address brackets it."""
+        conn = self.open("/$hc/hc1?sb-hc-action=listen",
+                         {"ServiceBusAuthorization": listen_token(now=self.now())}, host="::1:9443")
+        self.assertIn(" 101 ", conn.status)
+        self.connect_sender()
+        accept = self.accept_of(conn)
+        self.assertTrue(str(accept["address"]).startswith("ws://[::1]:9443/$hc/hc1/suffix?"))
+
     def test_accept_timeout_504(self) -> None:
         listener = self.listen()
         sender = self.connect_sender()
