@@ -10,7 +10,9 @@ Master → worker:
       (opens channels for new names, closes removed ones, updates changed ones).
       Each item: ``{"name", "url" (listen URL), "endpoint" ("host:port" or null),
       "token", "ca_certificates" (list of PEM file paths), "ping_interval",
-      "connect_timeout"}``.
+      "connect_timeout"}``; optional ``"proxy"`` (an ``http://`` proxy URL or
+      ``"none"``; absent/null: the environment's ``https_proxy`` decides) and
+      ``"no_proxy"`` (comma-separated hosts), as in ``[agent] proxy``/``no-proxy``.
   ``StageHybridConnections(hcs)``  part of a desired set too big for one AMP
       value (64 kB, about 130 items): the worker buffers these items and adds
       them to the items of the next ``SetHybridConnections``, which completes
