@@ -158,6 +158,7 @@ class HttpMode:
         )
         self.hub.pending[rid] = pending
         self.requests += 1
+        self.hub.hc_stats(entity)["http_requests_total"] += 1
         request.notifyFinish().addBoth(self._sender_done, pending)
         if rendezvous_only:
             stub = messages.Request(address=address, id=rid)

@@ -73,6 +73,7 @@ class RelayConfig:
     half_close_timeout: float = 60.0
     ping_interval: float = 0.0
     log_requests: bool = False
+    metrics: str | None = None
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -86,7 +87,7 @@ class RelayConfig:
 _TOP_KEYS = {
     "namespace", "aliases", "endpoint", "state", "authorization-rule", "hybrid-connection",
     "token-grace", "accept-timeout", "request-timeout", "max-listeners", "handshake-timeout",
-    "close-timeout", "half-close-timeout", "ping-interval", "log-requests",
+    "close-timeout", "half-close-timeout", "ping-interval", "log-requests", "metrics",
 }
 _HC_KEYS = {"name", "requires-client-authorization", "user-metadata", "authorization-rule"}
 _RULE_KEYS = {"name", "rights", "primary-key", "secondary-key"}
@@ -225,6 +226,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | str = ".") -> RelayCo
         half_close_timeout=_number(data, "half-close-timeout", 60.0, 0.1),
         ping_interval=_number(data, "ping-interval", 0.0),
         log_requests=_bool(data, "log-requests", where, False),
+        metrics=_text(data, "metrics", where),
     )
 
 

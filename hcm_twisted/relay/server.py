@@ -211,17 +211,31 @@ class Hub:
     accepted: int = 0
     rejected: int = 0
     connections: set[RelayProtocol] = attrs.field(factory=set)
+    stats: dict[str, dict[str, int]] = attrs.field(factory=dict)
     _drained: list[defer.Deferred[None]] = attrs.field(factory=list)
 
+    def hc_stats(self, entity: Entity) -> dict[str, int]:
+        key = entity.name.lower()
+        found = self.stats.get(key)
+        if found is None:
+            found = self.stats[key] = {
+                "accepted_total": 0, "rejected_total": 0, "http_requests_total": 0,
+                "bytes_to_listener_total": 0, "bytes_to_sender_total": 0,
+            }
+        return found
+
     def counters(self) -> dict[str, Any]:
-        """Numbers for metrics and tests."""
+        """Numbers for metrics (``core.metrics.registry_from_dict``) and tests."""
+        hcs: dict[str, dict[str, int]] = {}
+        for name, entity in self.namespace.entities.items():
+            hcs[entity.name] = dict(self.hc_stats(entity))
+            hcs[entity.name]["listeners"] = sum(
+                1 for p in self.listeners.get(name, []) if p.is_live_listener()
+            )
         return {
             "connections": len(self.connections),
             "pending_rendezvous": len(self.pending),
-            "accepted_total": self.accepted,
-            "rejected_total": self.rejected,
-            "listeners": {name: sum(1 for p in items if p.is_live_listener())
-                          for name, items in self.listeners.items()},
+            "hcs": hcs,
         }
 
     def connection_gone(self, proto: RelayProtocol) -> None:
@@ -324,6 +338,8 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         self.pairs: list[tuple[str, str]] = []
         self._chosen: str | None = None
         self._http_body_for: Any = None  # HTTP mode: whose response body comes next
+        self._stats: dict[str, int] = {"": 0}
+        self._stats_key = ""
 
     @property
     def hub(self) -> Hub:
@@ -491,6 +507,7 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             reason = clean_reason(desc if desc else "Rejected by user code")
             sender.pending = None
             self.hub.rejected += 1
+            self.hub.hc_stats(pending.entity)["rejected_total"] += 1
             self._log.info("accept {id} on {hc} rejected: {code}", id=rid,
                            hc=pending.entity.name, code=code)
             if sender.state == sender.STATE_CONNECTING:
@@ -534,6 +551,10 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             if sender.state == sender.STATE_OPEN:
                 join(sender, self)
                 self.hub.accepted += 1
+                self.hub.hc_stats(pending.entity)["accepted_total"] += 1
+                stats = self.hub.hc_stats(pending.entity)
+                sender._stats, sender._stats_key = stats, "bytes_to_listener_total"
+                self._stats, self._stats_key = stats, "bytes_to_sender_total"
                 self._log.info("rendezvous {id} on {hc} joined", id=pending.id,
                                hc=pending.entity.name)
             else:
@@ -648,6 +669,7 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
                 return
             opcode = 0 if self._out_started else self._out_opcode
             self._out_started = True
+            self._stats[self._stats_key] += len(payload)
             self._forward(frame_header(opcode, fin, len(payload)) + payload)
             return
         if self.role == "request" and self.hub.http is not None and self._ctl_binary:

@@ -76,6 +76,17 @@ class RelayService(service.MultiService):
         self.port_service = StreamServerEndpointService(self._endpoint, self.factory)
         self.port_service._raiseSynchronously = True
         self.port_service.setServiceParent(self)
+        if config.metrics:
+            from twisted.web.server import Site
+
+            from hcm_twisted.core.metrics import MetricsResource, registry_from_dict
+
+            site = Site(MetricsResource(self.hub.counters, registry_from_dict))
+            site.noisy = False
+            metrics = StreamServerEndpointService(
+                endpoints.serverFromString(reactor, config.metrics), site
+            )
+            metrics.setServiceParent(self)
 
     def startService(self) -> None:
         if not _autobahn_websocket.USES_NVX:

@@ -324,6 +324,31 @@ class KeyTests(RelayTestCase):
         await self.listen()
 
 
+class MetricsTests(RelayTestCase):
+    def setUp(self) -> None:
+        from tests.e2e.harness import free_port
+
+        self.metrics_port = free_port()
+        self.extra_toml = f'metrics = "tcp:{self.metrics_port}:interface=127.0.0.1"'
+        super().setUp()
+
+    async def test_counters(self) -> None:
+        """The optional metrics endpoint counts accepts, bytes and listeners per HC."""
+        import urllib.request
+
+        from twisted.internet import threads
+
+        _, sender, rdv, _ = await self.pair()
+        sender.sendMessage(b"x" * 1000, isBinary=True)
+        await rdv.messages.get()
+        text = await threads.deferToThread(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                           timeout=10).read().decode())
+        self.assertIn('hcm_relay_accepted_total{hc="hc1"} 1.0', text)
+        self.assertIn('hcm_relay_bytes_to_listener_total{hc="hc1"} 1000.0', text)
+        self.assertIn('hcm_relay_listeners{hc="hc1"} 1.0', text)
+
+
 class RenewTests(RelayTestCase):
     extra_toml = "token-grace = 1"
 
@@ -367,4 +392,4 @@ class RenewTests(RelayTestCase):
 
 
 if os.environ.get("HCM_SKIP_E2E"):
-    del ConnectTests, AuthTests, KeyTests, RenewTests
+    del ConnectTests, AuthTests, KeyTests, MetricsTests, RenewTests
