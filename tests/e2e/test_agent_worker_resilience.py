@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from twisted.trial import unittest
 
 from hcm_twisted.agent import commands
 from hcm_twisted.core import connstr, tls, urls
-from tests.e2e import relayclient
+from tests.e2e import harness, relayclient
 from tests.e2e.relayfixture import start_relay
 from tests.e2e.test_agent_worker import (
     EchoFactory,
@@ -32,7 +33,7 @@ class WorkerResilience(unittest.TestCase):
     timeout = 120
 
     async def start(self, extra_toml: str = "", lifetime: float = 3600) -> None:
-        self.dir = Path(self.mktemp())
+        self.dir = Path(self.mktemp()).resolve()
         self.dir.mkdir(parents=True)
         self.relay = start_relay(self.dir, hcs=("hc1",), extra_toml=extra_toml)
         self.addCleanup(self.relay.stop)
@@ -40,6 +41,7 @@ class WorkerResilience(unittest.TestCase):
         self.echo = EchoFactory()
         port = await TCP4ServerEndpoint(R, 0, interface="127.0.0.1").listen(self.echo)
         self.addCleanup(port.stopListening)
+        self.echo_port = port.getHost().port
         self.worker = WorkerProcess.spawn(self.dir / "worker.log")
         self.addCleanup(self.worker.stop)
         await self.worker.wait_log("hcm worker ready")
@@ -144,6 +146,35 @@ class WorkerResilience(unittest.TestCase):
         self.assertEqual(code, 1001)
         self.assertGreater(elapsed, 1.8)
         self.assertLess(elapsed, 4.0)
+
+    def test_through_proxy(self) -> defer.Deferred[None]:
+        """With ``proxy`` set, control channel and rendezvous go through an HTTP CONNECT proxy."""
+        return defer.ensureDeferred(self._through_proxy())
+
+    async def _through_proxy(self) -> None:
+        tinyproxy = shutil.which("tinyproxy")
+        if tinyproxy is None:
+            raise unittest.SkipTest("tinyproxy is not installed (apt-get install tinyproxy)")
+        await self.start()
+        port = harness.free_port()
+        log = self.dir / "tinyproxy-access.log"
+        conf = self.dir / "tinyproxy.conf"
+        conf.write_text("\n".join([
+            f"Port {port}", "Listen 127.0.0.1", "Timeout 30", f'LogFile "{log}"',
+            "LogLevel Connect", "MaxClients 20", "Allow 127.0.0.1",
+            f"ConnectPort {self.relay.port}", "BasicAuth hcm s3cret-proxy-pw",
+        ]) + "\n")
+        proxy = harness.Proc([tinyproxy, "-d", "-c", str(conf)], self.dir, "tinyproxy")
+        self.addCleanup(proxy.stop)
+        harness.wait_port(port, timeout=10)
+        item = hc_item(self.relay, "hc1", f"127.0.0.1:{self.echo_port}")
+        item["proxy"] = f"http://hcm:s3cret-proxy-pw@127.0.0.1:{port}"
+        await self.worker.call(commands.SetHybridConnections, hcs=[item])
+        await self.worker.wait_log(r"control channel connected: hc1", count=2)
+        await self.transfer(size=1024 * 1024)
+        text = log.read_text(errors="replace")
+        self.assertGreaterEqual(text.count(f"CONNECT localhost:{self.relay.port}"), 2, text[-2000:])
+        self.assertNotIn("s3cret-proxy-pw", self.worker.output)
 
     def test_untrusted_relay_reported(self) -> defer.Deferred[None]:
         """Without the relay's CA the channel fails TLS verification, and says so."""
