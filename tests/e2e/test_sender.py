@@ -241,9 +241,16 @@ class SenderRelayTests(TestCase):
         self.addCleanup(self.relay.stop)
         self.port = harness.free_port()
         self.no_listener_port = harness.free_port()
+        self.bad_key_port = harness.free_port()
+        bad_key = sender_hc(self.relay, "hc1", self.bad_key_port)
+        bad_key["name"] = "badkey"
+        bad_key["connection-string"] = bad_key["connection-string"].replace(
+            harness.TEST_KEYS["defaultSender"], "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXk="
+        )
         config = write_sender_config(self.directory, self.relay, [
             sender_hc(self.relay, "hc1", self.port),
             sender_hc(self.relay, "lonely", self.no_listener_port),
+            bad_key,
         ])
         self.sender = harness.twist("hcm-sender", config, cwd=self.directory)
         self.addCleanup(self.sender.stop)
@@ -296,3 +303,39 @@ class SenderRelayTests(TestCase):
         self.assertIn("404 Endpoint does not exist", log)
         self.assertNotIn(harness.TEST_KEYS["defaultSender"], log)
         self.assertNotIn("sig=", log)
+
+    async def _refused(self, port: int, hc: str) -> str:
+        marker = f"{hc}: connection from"
+        before = self.sender.output().count(marker)
+        started = time.monotonic()
+        client = await run_client(port, 1000)
+        self.assertLess(time.monotonic() - started, 2.0)
+        self.assertEqual(client.count, 0)
+        for _ in range(40):
+            if self.sender.output().count(marker) > before:
+                break
+            await sleep(0.05)
+        log = self.sender.output()
+        self.assertNotIn(harness.TEST_KEYS["defaultSender"], log)
+        self.assertNotIn("sig=", log)
+        lines = [line for line in log.splitlines() if marker in line]
+        self.assertTrue(lines, log[-2000:])
+        return lines[-1]
+
+    def test_auth_failure_is_logged(self) -> defer.Deferred[None]:
+        async def run() -> None:
+            line = await self._refused(self.bad_key_port, "badkey")
+            self.assertIn("the relay did not connect it: 401 ", line)
+
+        return defer.ensureDeferred(run())
+
+    def test_relay_down(self) -> defer.Deferred[None]:
+        """With the relay gone, app connections are closed at once (not left hanging)."""
+
+        async def run() -> None:
+            await self.listener.stop()
+            self.relay.stop()
+            line = await self._refused(self.port, "hc1")
+            self.assertIn("cannot reach the relay", line)
+
+        return defer.ensureDeferred(run())
