@@ -186,3 +186,35 @@ class AgentThroughProxy(SynchronousTestCase):
         self.assertRegex(text, r"40[17]")
         self.assertNotIn("wrong-password-0815", text)
         self.assertNotIn("wrong-password-0815", agent.output())
+
+    def test_hcm_test_through_proxy(self) -> None:
+        directory = self.root / "diag"
+        directory.mkdir()
+        path = directory / "hcm.toml"
+
+        def run(proxy: str) -> dict[str, Any]:
+            path.write_text(tomli_w.dumps({
+                "agent": {"ca-certificates": str(self.relay.ca_path), "proxy": proxy},
+                "hybrid-connection": [{"connection-string": self.relay.connection_string("hc1")}],
+            }))
+            path.chmod(0o600)
+            result = harness.hcm_cli(["--config", str(path), "--json", "test", "hc1"], timeout=60)
+            self.assertIn(result.returncode, (0, 1), result.stderr)
+            self.assertNotIn(PASSWORD, result.stdout + result.stderr)
+            report: dict[str, Any] = json.loads(result.stdout)
+            return {s["name"]: s for s in report["steps"]}
+
+        steps = run(self.proxy_url())
+        self.assertEqual(steps["proxy"]["verdict"], "ok")
+        self.assertIn(f"http://{USER}:***@127.0.0.1:{self.proxy_port}", steps["proxy"]["detail"])
+        self.assertEqual(steps["relay DNS"]["verdict"], "skip")
+        for name in ("relay TCP", "relay TLS", "listen", "endpoint", "endpoint TCP"):
+            self.assertEqual(steps[name]["verdict"], "ok", steps[name])
+        self.assertIn("through the proxy", steps["relay TCP"]["detail"])
+        self.assertIn("from the HC's user metadata", steps["endpoint"]["detail"])
+
+        steps = run(self.proxy_url("not-the-password"))
+        self.assertEqual(steps["relay TCP"]["verdict"], "FAIL")
+        self.assertRegex(steps["relay TCP"]["detail"], r"refused CONNECT localhost:\d+: HTTP/1\.[01] 40[17]")
+        self.assertIn("proxy", steps["relay TCP"]["advice"])
+        self.assertNotIn("not-the-password", json.dumps(steps))
