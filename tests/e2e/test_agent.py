@@ -146,19 +146,18 @@ class AgentE2E(SynchronousTestCase):
         return result
 
     def round_trip(self, port: int, size: int) -> None:
-        """Send ``size`` random bytes through the sender; the echo must return them all.
-
-        The connection is closed once every byte is back (half-close is covered by the
-        sender and bridge tests).
-        """
+        """Send ``size`` random bytes through the sender and half-close; the echo returns them
+        all, then the end of stream comes back (close propagation both ways)."""
         payload = os.urandom(size)
         with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sender = threading.Thread(target=s.sendall, args=(payload,))
+            sender = threading.Thread(
+                target=lambda: (s.sendall(payload), s.shutdown(socket.SHUT_WR))
+            )
             sender.start()
             received = hashlib.sha256()
             count = 0
-            while count < size:
+            while True:
                 data = s.recv(65536)
                 if not data:
                     break
@@ -185,7 +184,7 @@ class AgentE2E(SynchronousTestCase):
         self.assertEqual([i["name"] for i in listed], ["hc1"])
 
         port = self.start_sender(path, "hc1")
-        for size in [1, 300_000, 1_000_000, 65536, 12345, 2_000_000]:
+        for size in [1, 300_000, 1_000_000, 65536, 12345, 4_000_000]:
             self.round_trip(port, size)
 
         def counted() -> dict[str, Any] | None:
