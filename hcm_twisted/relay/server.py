@@ -331,6 +331,7 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         self._out_opcode = 2
         self._out_started = False
         self._got_close = False  # this leg sent Close (half-closed toward its peer)
+        self._was_joined = False
         self._ctl_parts: list[bytes] = []
         self._ctl_len = 0
         self._ctl_binary = False
@@ -694,6 +695,8 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     def _forward(self, data: bytes) -> None:
         peer = self.peer_leg
         if peer is None:
+            if self._was_joined:
+                return  # the other side is gone; this leg is being closed
             self._queue.append(data)
             if len(self._queue) == 1 and self.transport is not None:
                 self.transport.pauseProducing()
@@ -810,7 +813,12 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             if peer is not None:
                 peer.peer_leg = None
                 unjoin(self, peer)
-                if peer.state == peer.STATE_OPEN:
+                if peer.state == peer.STATE_OPEN and peer._got_close:
+                    # The peer's own Close was waiting for this side's answer.
+                    peer.sendCloseFrame(code=1001, reasonUtf8=b"The other side went away.",
+                                        isReply=True)
+                    peer.dropConnection(abort=False)
+                elif peer.state == peer.STATE_OPEN:
                     peer._send_close(1001, "The other side went away.")
                 elif peer.state == peer.STATE_CLOSING:
                     peer.dropConnection(abort=False)
@@ -822,6 +830,7 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 def join(a: RelayProtocol, b: RelayProtocol) -> None:
     """Splice two open legs: frames flow both ways, each transport the other's producer."""
     a.peer_leg, b.peer_leg = b, a
+    a._was_joined = b._was_joined = True
     for consumer, producer in ((a, b), (b, a)):
         try:
             consumer.transport.registerProducer(_LegProducer(producer), True)

@@ -274,6 +274,14 @@ class RendezvousTests(RelayUnitTest):
         self.assertEqual(sender.frames(), [(True, 8, b"\x03\xe8")])
         self.assertTrue(sender.transport.disconnecting)
 
+    def test_half_closed_leg_answered_when_other_is_lost(self) -> None:
+        sender, rdv = self.joined()
+        sender.send(close_frame(1000))
+        rdv.proto.connectionLost(server.Failure(ConnectionError("gone")))
+        frames = sender.frames()
+        self.assertEqual(frames, [(True, 8, b"\x03\xe9The other side went away.")])
+        self.assertTrue(sender.transport.disconnecting)
+
     def test_lost_leg_closes_other_1001(self) -> None:
         sender, rdv = self.joined()
         sender.proto.connectionLost(server.Failure(ConnectionError("gone")))
