@@ -298,3 +298,14 @@ class AgentE2E(SynchronousTestCase):
         # twist re-raises the signal it stopped on: -SIGTERM is a clean stop here.
         self.assertIn(agent.popen.returncode, (0, -signal.SIGTERM))
         self.assertIn("stopped: exit status 0", agent.log_path.read_text())
+
+    def test_many_hybrid_connections(self) -> None:
+        """A set too big for one AMP value reaches the worker whole (sent in parts)."""
+        names = ["hc1"] + [f"missing-{i:03d}-{'x' * 30}" for i in range(160)]
+        agent, path = self.start_agent(1, names)
+        wait_for("hc1 connected", lambda: self.all_connected(path, "hc1", 1), 20)
+        agent.wait_log(r"hybrid connection missing-159", timeout=10)
+        items = self.status(path)
+        self.assertEqual([i["name"] for i in items], names)
+        states = {i["workers"][0]["state"] for i in items[1:]}
+        self.assertNotIn("not listening", states)  # the worker knows every one of them
