@@ -134,16 +134,19 @@ class NodeClientsMixin:
         return proc
 
     def wait_event(self, proc: harness.Proc, match: Callable[[Event], bool],
-                   timeout: float) -> Event:
-        """The first JSON line of ``proc`` that ``match``es; fail on errors, exit or timeout."""
+                   timeout: float, nth: int = 1, errors_fail: bool = True) -> Event:
+        """The ``nth`` JSON line of ``proc`` that ``match``es; fail on errors, exit or timeout."""
         deadline = time.monotonic() + timeout
         while True:
+            seen = 0
             for event in json_lines(proc.output()):
-                if event.get("event") in ("control-error", "error"):
+                if errors_fail and event.get("event") in ("control-error", "error"):
                     raise AssertionError(
                         f"{proc.name}: {event}\n--- relay log tail:\n{self.relay_log()}")
                 if match(event):
-                    return event
+                    seen += 1
+                    if seen == nth:
+                        return event
             if proc.popen.poll() is not None:
                 raise AssertionError(
                     f"{proc.name} exited ({proc.popen.returncode}):\n{proc.output()[-3000:]}"
@@ -645,3 +648,13 @@ class HycoHttpsTests(NodeClientsMixin, unittest.TestCase):
             status, _, body = pending.result(timeout=30)
         self.assertEqual(status, 502, body[:500])
         self.assertLess(time.monotonic() - started, 15)
+
+    def test_listener_comes_back_after_relay_restart(self) -> None:
+        """hyco-https reconnects (0, 1, 2 s backoff) to a restarted relay; requests work again."""
+        self.relay.stop()
+        self.relay.start()
+        self.wait_event(self.listener, lambda e: e.get("event") == "listening", 20.0, nth=2,
+                        errors_fail=False)
+        status, _, body = self.request(self.https(), "GET", f"/{HC}/again")
+        self.assertEqual(status, 200, body[:500])
+        self.assertEqual(json.loads(body)["url"], f"/{HC}/again")
