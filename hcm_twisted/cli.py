@@ -118,12 +118,9 @@ def _read_stdin(what: str) -> str:
 # ---- talking to the agent --------------------------------------------------
 
 
-def _admin_endpoint(path: Path) -> str | None:
-    """The admin endpoint named by the config (or its default); None without a config."""
-    doc = config.read_document(path, missing_ok=True)
-    if not doc:
-        return config.default_admin(path)
-    return config.parse_document(doc, path).admin
+def _admin_endpoint(path: Path) -> str:
+    """The admin endpoint the config names (its default when the file is missing or empty)."""
+    return config.parse_document(config.read_document(path, missing_ok=True), path).admin
 
 
 def _reload(path: Path) -> tuple[bool, str]:
@@ -145,8 +142,6 @@ def _reload(path: Path) -> tuple[bool, str]:
 def _live_status(path: Path) -> list[dict[str, Any]] | None:
     """The agent's status list, or None when no agent runs."""
     endpoint = _admin_endpoint(path)
-    if endpoint is None:
-        return None
     try:
         status, body = admin.request(endpoint, "GET", "/status")
     except admin.AgentNotRunning:
