@@ -370,6 +370,7 @@ class Supervisor(service.Service):
         self._log.info("open file limit {soft} (hard {hard})", soft=soft, hard=hard)
         self._apply_hcs(self.config)
         self.resolver.start()
+        self.slots = [s for s in self.slots if s.process is not None and not s.process.exited]
         count = self.config.worker_count()
         for index in range(count):
             slot = _Slot(index)
