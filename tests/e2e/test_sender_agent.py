@@ -12,14 +12,18 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
-from twisted.internet import defer
+from twisted.internet import defer, endpoints, protocol
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
 from tests.e2e import harness
 from tests.e2e.relayfixture import Relay, start_relay
 from tests.e2e.test_sender import (
+    AppClient,
     cancel_batched_timers,
     listen_echo,
+    reactor,
     run_client,
     sender_hc,
     sleep,
@@ -57,11 +61,17 @@ class FullPathTests(TestCase):
         self.echo = listen_echo()
         self.addCleanup(self.echo.stopListening)
         echo_port = self.echo.getHost().port
+        self.flow_echo = reactor.listenTCP(
+            0, protocol.Factory.forProtocol(FlowEcho), interface="127.0.0.1"
+        )
+        self.addCleanup(self.flow_echo.stopListening)
+        flow_port = self.flow_echo.getHost().port
         closed_port = harness.free_port()  # nothing listens there
         self.metadata_port = harness.free_port()
         self.relay = start_relay(self.directory / "relay", hcs=(
             "hc1",
             "down",
+            "flow",
             {"name": "meta",
              "user-metadata": f'[{{"key":"endpoint","value":"127.0.0.1:{echo_port}"}}]'},
         ))
@@ -69,19 +79,22 @@ class FullPathTests(TestCase):
         agent_config = write_agent_config(self.directory, self.relay, {
             "hc1": f"127.0.0.1:{echo_port}",
             "down": f"127.0.0.1:{closed_port}",
+            "flow": f"127.0.0.1:{flow_port}",
             "meta": f"127.0.0.1:{echo_port}",
         })
         self.addCleanup(shutil.rmtree, Path(tomli_w_load_admin(agent_config)).parent, True)
         self.agent = harness.twist("hcm", agent_config, cwd=self.directory, name="hcm-agent")
         self.addCleanup(self.agent.stop)
         self.agent.wait_log(r"hcm agent ready", timeout=30)
-        for hc in ("hc1", "down", "meta"):
+        for hc in ("hc1", "down", "flow", "meta"):
             self.agent.wait_log(rf"control channel connected: {hc}", timeout=30)
         self.port = harness.free_port()
         self.down_port = harness.free_port()
+        self.flow_port = harness.free_port()
         sender_config = write_sender_config(self.directory, self.relay, [
             sender_hc(self.relay, "hc1", self.port),
             sender_hc(self.relay, "down", self.down_port),
+            sender_hc(self.relay, "flow", self.flow_port),
             {"name": "meta",
              "connection-string": self.relay.connection_string("meta", "defaultSender"),
              "address": "127.0.0.7"},
@@ -137,6 +150,77 @@ class FullPathTests(TestCase):
         self.assertEqual(client.received.hexdigest(), client.sent.hexdigest())
 
 
+    @defer.inlineCallbacks
+    def test_app_not_reading_stops_everything_with_bounded_memory(self) -> Any:
+        """Flow control end to end: an app that does not read stalls its own writes.
+
+        The endpoint echoes with flow control, so the app's unread replies back up
+        through sender, relay and agent to the endpoint and then to the app's
+        writes.  Memory of the sender and of the agent's workers stays bounded.
+        """
+        self.sender.wait_log(rf"hcm-sender listening on 127\.0\.0\.1:{self.flow_port} for flow")
+        workers = child_pids(self.agent.pid)
+        self.assertTrue(workers)
+        before = {pid: rss(pid) for pid in [self.sender.pid, *workers]}
+        relay_pid = self.relay.proc.pid  # type: ignore[union-attr]
+        relay_before = rss(relay_pid)
+        size = 256 << 20
+        client = AppClient(size)
+        ep = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.flow_port)
+        yield endpoints.connectProtocol(ep, client)
+        client.transport.pauseProducing()  # type: ignore[union-attr]  # the app does not read
+        last = -1
+        for _ in range(100):  # until the app's writes stall
+            yield sleep(0.1)
+            if client._left == last:
+                break
+            last = client._left
+        yield sleep(1.0)
+        print(f"\nstalled after {(size - client._left) >> 20} MiB written; growth "
+              f"{ {p: (rss(p) - b) >> 20 for p, b in before.items()} } MiB, relay "
+              f"{(rss(relay_pid) - relay_before) >> 20} MiB")
+        self.assertGreater(client._left, size // 2, "the app could write most of 256 MiB")
+        for pid, start in before.items():
+            grown = rss(pid) - start
+            self.assertLess(grown, 48 << 20, f"pid {pid} grew by {grown >> 20} MiB")
+        client.transport.resumeProducing()  # type: ignore[union-attr]
+        yield client.closed
+        self.assertEqual(client.count, size)
+        self.assertEqual(client.received.hexdigest(), client.sent.hexdigest())
+
+
+@implementer(IHalfCloseableProtocol)
+class FlowEcho(protocol.Protocol):
+    """Echo that stops reading while its own write buffer is full."""
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def readConnectionLost(self) -> None:
+        self.transport.unregisterProducer()  # type: ignore[union-attr]
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+def rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def child_pids(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out.extend(int(c) for c in (task / "children").read_text().split())
+    return out
+
+
 def tomli_w_load_admin(config: Path) -> str:
     import tomllib
 
@@ -145,10 +229,6 @@ def tomli_w_load_admin(config: Path) -> str:
 
 
 def run_client_at(host: str, port: int, size: int) -> Any:
-    from twisted.internet import endpoints
-
-    from tests.e2e.test_sender import AppClient, reactor
-
     client = AppClient(size)
     d = endpoints.connectProtocol(endpoints.TCP4ClientEndpoint(reactor, host, port), client)
     d.addCallback(lambda _: client.closed)
