@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, endpoints, reactor, utils
+from twisted.internet import defer, endpoints, reactor, threads, utils
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web import resource, server
 from twisted.web.server import NOT_DONE_YET
@@ -224,3 +224,72 @@ class BrowserTests(TestCase):
         self.assertTrue(shot.read_bytes().startswith(b"\x89PNG"))
         if os.environ.get("HCM_KEEP_SCREENSHOT"):
             shutil.copy(shot, os.environ["HCM_KEEP_SCREENSHOT"])
+
+
+class RealAgentBrowserTests(TestCase):
+    """The page served by a real agent (relay + agent processes), read by headless Chromium.
+
+    ``HCM_UPDATE_SCREENSHOT=1`` also writes ``docs/status-page.png`` from this run.
+    """
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_agent_page(self) -> Any:
+        from tests.e2e import harness
+        from tests.e2e.relayfixture import start_relay
+
+        browser = _chromium()
+        if browser is None:
+            raise self.skipTest("chromium is not installed (apt-get install chromium)")
+        tmp = Path(self.mktemp()).resolve()
+        tmp.mkdir(parents=True)
+        echo = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            server.Site(resource.Resource()))
+        self.addCleanup(echo.stopListening)
+        relay = start_relay(tmp / "relay", hcs=("hc1", "hc2"))
+        self.addCleanup(relay.stop)
+        admin_port = harness.free_port()
+        config = tmp / "hcm.toml"
+        config.write_text(
+            "[agent]\n"
+            f'admin = "tcp:{admin_port}:interface=127.0.0.1"\nworkers = 2\n'
+            f'ca-certificates = "{relay.ca_path}"\n\n'
+            "[[hybrid-connection]]\n"
+            f'connection-string = "{relay.connection_string("hc1")}"\n'
+            f'endpoint = "127.0.0.1:{echo.getHost().port}"\n\n'
+            "[[hybrid-connection]]\n"
+            f'connection-string = "{relay.connection_string("hc2")}"\n'
+        )
+        config.chmod(0o600)
+        agent = harness.twist("hcm", config, cwd=tmp, name="agent")
+        self.addCleanup(agent.stop)
+        # Both workers' control channels for hc1 (hc2 has no endpoint: not listened on).
+        yield threads.deferToThread(
+            agent.wait_log, r"(?s)channel connected: hc1.*channel connected: hc1", 30.0)
+        common = [
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--disable-dev-shm-usage", f"--user-data-dir={tmp / 'profile'}",
+            "--virtual-time-budget=3000",
+        ]
+        url = f"http://127.0.0.1:{admin_port}/"
+        out, err, code = yield utils.getProcessOutputAndValue(
+            browser, [*common, "--dump-dom", url], env=dict(os.environ), path=str(tmp))
+        self.assertEqual(code, 0, err.decode("utf-8", "replace")[-2000:])
+        dom = out.decode("utf-8", "replace")
+        self.assertIn("2 hybrid connections, 1 connected", dom)
+        self.assertIn('<h2>hc1<span class="badge ok">Connected</span></h2>', dom)
+        self.assertIn('<h2>hc2<span class="badge bad">Not connected</span></h2>', dom)
+        self.assertIn("no endpoint", dom)  # hc2's user metadata names none: that is the reason
+        self.assertEqual(dom.count('<td class="text yes">connected</td>'), 2)
+        self.assertIn('<span id="updated" class="">updated ', dom)  # redrawn from /status
+        self.assertNotIn(harness.TEST_KEYS["defaultListener"], dom)
+        shot = tmp / "status-page.png"
+        _, err, code = yield utils.getProcessOutputAndValue(
+            browser, [*common, "--window-size=1200,760", f"--screenshot={shot}", url],
+            env=dict(os.environ), path=str(tmp))
+        self.assertEqual(code, 0, err.decode("utf-8", "replace")[-2000:])
+        self.assertTrue(shot.read_bytes().startswith(b"\x89PNG"))
+        if os.environ.get("HCM_UPDATE_SCREENSHOT"):
+            shutil.copy(shot, Path(__file__).resolve().parents[2] / "docs" / "status-page.png")
