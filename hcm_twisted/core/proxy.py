@@ -427,6 +427,7 @@ class _Attempt:
         self.address: IAddress | None = None
         self.result: defer.Deferred[IProtocol] = defer.Deferred(self._cancel)
         self._tunnel: _Tunnel | None = None
+        self._cancelled = False
         self._timer = endpoint.reactor.callLater(endpoint.timeout, self._timed_out, endpoint.timeout)
         self._connecting: defer.Deferred[Any] = endpoint.proxy_endpoint.connect(
             _TunnelFactory(self)
@@ -440,7 +441,7 @@ class _Attempt:
         self._tunnel = tunnel
 
     def _not_connected(self, reason: Failure) -> None:
-        if reason.check(defer.CancelledError):
+        if self._cancelled or reason.check(defer.CancelledError):
             return  # we cancelled: the result is already decided
         exc = reason.value
         self.failed(
@@ -492,11 +493,14 @@ class _Attempt:
         self._abort()
 
     def _cancel(self, d: defer.Deferred[IProtocol]) -> None:
+        # (HostnameEndpoint reports a cancel during name resolution as DNSLookupError.)
+        self._cancelled = True
         self._stop_timer()
         self._abort()
-        d.errback(
-            Failure(error.ConnectingCancelledError(self.address))  # type: ignore[arg-type]
-        )
+        if not d.called:  # cancelling the proxy connection may have failed it already
+            d.errback(
+                Failure(error.ConnectingCancelledError(self.address))  # type: ignore[arg-type]
+            )
 
 
 @implementer(IStreamClientEndpoint)
