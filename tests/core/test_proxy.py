@@ -76,6 +76,11 @@ class StringEndpoint:
         if self.mode == "hang":
             self.pending = defer.Deferred()
             return self.pending
+        if self.mode == "hang-like-hostname":
+            # HostnameEndpoint's Deferred may fail with DNSLookupError when cancelled.
+            self.pending = defer.Deferred(
+                lambda d: d.errback(error.DNSLookupError("cancelled during resolution")))
+            return self.pending
         self.protocol = factory.buildProtocol(PROXY_ADDR)
         self.protocol.makeConnection(self.transport)
         return defer.succeed(self.protocol)
@@ -210,6 +215,21 @@ class TunnelTests(SynchronousTestCase):
         self.failureResultOf(d, error.TimeoutError)
         assert inner.pending is not None
         self.assertTrue(inner.pending.called)  # cancelled
+
+    def test_cancel_while_connecting_to_proxy(self) -> None:
+        for mode in ("hang", "hang-like-hostname"):
+            ep, inner, reactor = make(mode=mode)
+            d = ep.connect(RecorderFactory())
+            d.cancel()
+            self.failureResultOf(d, error.ConnectingCancelledError)
+            assert inner.pending is not None
+            self.assertTrue(inner.pending.called)
+            self.assertEqual(reactor.getDelayedCalls(), [])
+            # The same with the timeout.
+            ep, inner, reactor = make(mode=mode)
+            d = ep.connect(RecorderFactory())
+            reactor.advance(5)
+            self.failureResultOf(d, error.TimeoutError)
 
     def test_cancel(self) -> None:
         ep, inner, reactor = make()
