@@ -127,8 +127,14 @@ def measure(p: Path, args: argparse.Namespace, budget: Budget,
 
     # Connection setup: sequential latency, then rate with 32 in flight.
     out["connect_latency"] = load.connect_latency(p.port, count=args.latency_conns)
+    before = cpu_snapshot(p)
     rates = [load.connection_rate(p.port, total=args.rate_conns, concurrency=32,
                                   time_limit=10.0) for _ in range(reps)]
+    after = cpu_snapshot(p)
+    made = sum(r["ok"] for r in rates)
+    if made:  # CPU per connection: unlike the rate, not skewed by other load on the host
+        out["cpu_ms_per_conn"] = {role: (after[role] - before[role]) * 1e3 / made
+                                  for role in before}
     out["connect_rate"] = {"per_s": med([r["per_s"] for r in rates]),
                            "p50_ms": med([r.get("p50_ms", 0.0) for r in rates]),
                            "p99_ms": med([r.get("p99_ms", 0.0) for r in rates]),
@@ -360,7 +366,9 @@ def table(res: dict[str, Any], names: list[str]) -> str:
         ("new connections/s (32 in flight)", lambda r: _get(r, "connect_rate", "per_s"), ".0f"),
         ("connect->first echo p50 ms", lambda r: _get(r, "connect_latency", "p50_ms"), ".2f"),
         ("connect->first echo p99 ms", lambda r: _get(r, "connect_latency", "p99_ms"), ".2f"),
-        ("forwarder CPU s/GB", lambda r: _forwarder_cpu(r), ".2f"),
+        ("forwarder CPU s/GB", lambda r: _forwarder_cpu(r, "cpu_s_per_gb"), ".2f"),
+        ("forwarder CPU ms/connection",
+         lambda r: _forwarder_cpu(r, "cpu_ms_per_conn"), ".2f"),
         ("connections held", lambda r: _get(r, "hold", "held"), ".0f"),
         ("forwarder RSS per conn KB",
          lambda r: (_get(r, "hold", "rss_per_conn") or 0) / 1024 if _get(r, "hold") else None,
@@ -379,9 +387,9 @@ def table(res: dict[str, Any], names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _forwarder_cpu(r: dict[str, Any]) -> float | None:
+def _forwarder_cpu(r: dict[str, Any], key: str) -> float | None:
     fwd = _get(r, "notes", "forwarder")
-    return _get(r, "cpu_s_per_gb", fwd) if fwd else None
+    return _get(r, key, fwd) if fwd else None
 
 
 def plot(res: dict[str, Any], names: list[str], out: FsPath) -> str | None:
@@ -468,6 +476,10 @@ def main(argv: list[str] | None = None) -> int:
     outdir = FsPath(args.out)
     outdir.mkdir(parents=True, exist_ok=True)
     budget = Budget(args.budget)
+    load_start = os.getloadavg()
+    if load_start[0] > 0.5 * (os.cpu_count() or 1):
+        log(f"note: load average {load_start[0]:.1f} on {os.cpu_count()} CPUs; "
+            "rates and latencies will be lower than on an idle host")
     started = time.monotonic()
     workdir = FsPath(tempfile.mkdtemp(prefix="hcm-bench-"))
     res: dict[str, Any] = {}
@@ -504,7 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     doc = {
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "host": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                 "kernel": platform.release(), "loadavg_at_end": os.getloadavg()},
+                 "kernel": platform.release(), "loadavg_at_start": load_start,
+                 "loadavg_at_end": os.getloadavg()},
         "args": vars(args), "elapsed_seconds": elapsed, "paths": res, "targets": targets,
         "workdir": str(workdir),
     }
