@@ -134,13 +134,21 @@ def format_text(event: LogEvent) -> str | None:
     return redact(text) if text else None
 
 
+def _namespace(event: LogEvent) -> str:
+    namespace = event.get("log_namespace")
+    if not namespace or namespace == "log_legacy":  # twisted.python.log.msg: use its system
+        system = event.get("log_system")
+        return str(system) if system and system != "-" else str(namespace or "-")
+    return str(namespace)
+
+
 def format_json(event: LogEvent) -> str:
     """One JSON object on one line, redacted."""
     level = event.get("log_level")
     record: dict[str, Any] = {
         "time": _timestamp(event),
         "level": level.name if level is not None and _is_level(level) else "info",
-        "namespace": event.get("log_namespace") or event.get("log_system") or "-",
+        "namespace": _namespace(event),
         "message": redact(formatEvent(event)),
     }
     failure = event.get("log_failure")

@@ -98,6 +98,22 @@ class ObserverTests(SynchronousTestCase):
         self.assertNotIn(KEY, out.getvalue())
         self.assertNotIn(SIG, out.getvalue())
 
+    def test_json_legacy_events(self) -> None:
+        from twisted.logger._legacy import publishToNewObserver
+        from twisted.python.log import textFromEventDict
+
+        stream = io.StringIO()
+        observer = hcm_logging.make_observer("json", "info", stream)
+        publishToNewObserver(
+            observer,
+            {"message": ("Site starting on 8080",), "system": "_Quiet", "isError": 0,
+             "time": 1_800_000_000.0},
+            textFromEventDict,
+        )
+        record = json.loads(stream.getvalue())
+        self.assertEqual(record["namespace"], "_Quiet")
+        self.assertEqual(record["message"], "Site starting on 8080")
+
     def test_traceback_redacted(self) -> None:
         for fmt in ("text", "json"):
             log, out = observe(fmt)
