@@ -511,10 +511,13 @@ class Listener:
         live: list[ControlProtocol] = []
 
         def cancel(d: Deferred[IProtocol]) -> None:
-            if live:
-                live[0].dropConnection(abort=True)
-            else:
-                connecting.cancel()
+            try:
+                if live:
+                    live[0].dropConnection(abort=True)
+                else:
+                    connecting.cancel()
+            except Exception:
+                self._log.failure("control channel {name}: cancelling a connect", name=self.name)
 
         result: Deferred[IProtocol] = Deferred(cancel)
         try:

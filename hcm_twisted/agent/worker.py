@@ -18,7 +18,7 @@ import sys
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.protocol import connectionDone
 from twisted.logger import (
     Logger,
@@ -119,8 +119,11 @@ class Worker:
     def _remove(self, name: str) -> Deferred[None]:
         hc = self._hcs.pop(name)
         self._log.info("closing hybrid connection {name}", name=name)
-        d = hc.listener.stop()
-        hc.acceptor.close_all()
+        d: Deferred[None] = maybeDeferred(hc.listener.stop)
+        try:
+            hc.acceptor.close_all()
+        except Exception:
+            self._log.failure("closing the connections of {name}", name=name)
         return d
 
     def update_token(self, name: str, token: str) -> None:
@@ -168,7 +171,7 @@ class Worker:
     def drain(self, timeout: float) -> Deferred[None]:
         """Stop accepting; let open connections finish for ``timeout`` s, then close them."""
         self._draining = True
-        stops = [hc.listener.stop() for hc in self._hcs.values()]
+        stops = [maybeDeferred(hc.listener.stop) for hc in self._hcs.values()]
         waits = [hc.acceptor.drain(timeout) for hc in self._hcs.values()]
         done: Deferred[Any] = DeferredList(stops + waits, consumeErrors=True)
         return done.addCallback(lambda _: None)
@@ -259,8 +262,8 @@ def main() -> None:
             return
         exiting.append(True)
         log.info("AMP pipe closed (master gone): exiting")
-        d = worker.stop()
-        timer = reactor.callLater(EXIT_GRACE, reactor.stop)
+        timer = reactor.callLater(EXIT_GRACE, reactor.stop)  # whatever happens below
+        d = maybeDeferred(worker.stop)
 
         def stopped(_: object) -> None:
             if timer.active():

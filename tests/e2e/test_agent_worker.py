@@ -91,7 +91,8 @@ class WorkerProcess(protocol.ProcessProtocol):
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 (closed in processEnded)
         self.output = ""
-        self.ended: defer.Deferred[Failure] = defer.Deferred()
+        self.ended: defer.Deferred[None] = defer.Deferred()
+        self.exit_reason: Failure | None = None
 
     @classmethod
     def spawn(cls, log_path: Path) -> WorkerProcess:
@@ -117,7 +118,8 @@ class WorkerProcess(protocol.ProcessProtocol):
     def processEnded(self, reason: Failure) -> None:
         self._log.close()
         self.amp.connectionLost(reason)
-        self.ended.callback(reason)
+        self.exit_reason = reason
+        self.ended.callback(None)
 
     @property
     def running(self) -> bool:
