@@ -14,6 +14,7 @@ description, never a secret) is logged and counted.
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 import attrs
@@ -107,10 +108,13 @@ class Forwarder(Factory):
         self.stats.open += 1
         self.bridges.add(bridge)
         peer = _peer(leg.transport)
-        bridge.when_done().addCallback(self._finished, peer)
+        # sb-hc-id: the relay passes it to the listener as the accept id, so one id
+        # names this connection in the sender's, the relay's and the agent's logs.
+        conn_id = str(uuid.uuid4())
+        bridge.when_done().addCallback(self._finished, peer, conn_id)
         factory = BridgeClientFactory(
-            self.url, bridge, headers=self.headers(), reactor=self._reactor,
-            useragent=USER_AGENT,
+            urls.connect_url(self.hc.connection_string, id=conn_id), bridge,
+            headers=self.headers(), reactor=self._reactor, useragent=USER_AGENT,
         )
         # Pings keep idle connections alive through NATs and load balancers.  No pong
         # timeout: a leg paused by flow control does not read its pongs.
@@ -144,7 +148,7 @@ class Forwarder(Factory):
     def _connect_failed(self, failure: Failure, bridge: Bridge) -> None:
         bridge.fail(f"cannot reach the relay: {failure.getErrorMessage()}")
 
-    def _finished(self, bridge: Bridge, peer: str) -> None:
+    def _finished(self, bridge: Bridge, peer: str, conn_id: str) -> None:
         self.bridges.discard(bridge)
         self.stats.open -= 1
         self.stats.bytes_to_relay += bridge.bytes_to_ws
@@ -152,8 +156,9 @@ class Forwarder(Factory):
         if bridge.joined:
             self.stats.joined += 1
             self._log.debug(
-                "{hc}: connection from {peer} closed ({up} bytes out, {down} bytes in)",
-                hc=self.hc.name, peer=peer, up=bridge.bytes_to_ws, down=bridge.bytes_to_tcp,
+                "{hc}: connection from {peer} (id {id}) closed ({up} bytes out, {down} bytes in)",
+                hc=self.hc.name, peer=peer, id=conn_id, up=bridge.bytes_to_ws,
+                down=bridge.bytes_to_tcp,
             )
             return
         reason = bridge.failure or bridge.close_reason or "closed before the relay answered"
@@ -162,8 +167,9 @@ class Forwarder(Factory):
         key = reason.split(" ", 1)[0] if reason[:3].isdigit() else reason.split(":", 1)[0]
         self.stats.failures_by_reason[key] = self.stats.failures_by_reason.get(key, 0) + 1
         self._log.warn(
-            "{hc}: connection from {peer} closed, the relay did not connect it: {reason}",
-            hc=self.hc.name, peer=peer, reason=reason,
+            "{hc}: connection from {peer} closed, the relay did not connect it: {reason}"
+            " (id {id})",
+            hc=self.hc.name, peer=peer, reason=reason, id=conn_id,
         )
 
     def close_all(self, reason: str) -> None:
@@ -279,6 +285,13 @@ class SenderService(service.Service):
             defer.maybeDeferred(p.stopListening) for p in ports
         ]
         for forwarder in self.forwarders.values():
+            st = forwarder.stats
+            self._log.info(
+                "{hc}: {accepted} connections ({failed} not connected, {open} still open), "
+                "{up} bytes out, {down} bytes in",
+                hc=forwarder.hc.name, accepted=st.accepted, failed=st.failed, open=st.open,
+                up=st.bytes_to_relay, down=st.bytes_from_relay,
+            )
             bridges = list(forwarder.bridges)
             forwarder.close_all("hcm-sender is stopping")
             waits.extend(b.when_done() for b in bridges)

@@ -104,7 +104,7 @@ class ForwardTests(SynchronousTestCase):
         self.assertEqual(app.producerState, "paused")
         (ws,) = f.relay.protocols
         request = ws.transport.value()
-        self.assertIn(b"GET /$hc/hc1?sb-hc-action=connect HTTP/1.1", request)
+        self.assertRegex(request, rb"GET /\$hc/hc1\?sb-hc-action=connect&sb-hc-id=[0-9a-f-]{36} HTTP/1.1")
         self.assertIn(b"ServiceBusAuthorization: SharedAccessSignature ", request)
         self.assertIn(b"Host: localhost:9443", request)
         answer(ws, b"HTTP/1.1 101 Switching Protocols")
@@ -131,8 +131,8 @@ class ForwardTests(SynchronousTestCase):
         self.assertEqual(f.stats.last_error, "404 Endpoint does not exist.")
         self.assertEqual(f.stats.failures_by_reason, {"404": 1})
         text = "\n".join(formatEvent(e) for e in events)
-        self.assertIn("hc1: connection from 192.168.1.1:54321 closed, the relay did not connect "
-                      "it: 404 Endpoint does not exist.", text)
+        self.assertRegex(text, "hc1: connection from 192.168.1.1:54321 closed, the relay did not "
+                               r"connect it: 404 Endpoint does not exist. \(id [0-9a-f-]{36}\)")
         self.assertNotIn(KEY, text)
         self.assertNotIn("sig=", unquote(text))
 
