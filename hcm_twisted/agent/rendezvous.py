@@ -41,6 +41,8 @@ from hcm_twisted.core.errors import MalformedInput
 #: How long the rendezvous WebSocket may take to open ([NET] gives it 20 s).
 RENDEZVOUS_TIMEOUT = 20.0
 REJECT_TIMEOUT = 10.0
+#: How long an HTTP-request rendezvous may stay idle before we close it.
+REQUEST_IDLE = 60.0
 
 TcpEndpointMaker = Callable[[str, int, float], IStreamClientEndpoint]
 
@@ -100,24 +102,44 @@ class _RejectFactory(WebSocketClientFactory):
 
 
 class _RequestProtocol(WebSocketClientProtocol):
-    """A rendezvous-only HTTP request: read the request, answer 501, close."""
+    """A rendezvous for HTTP requests: answer each request 501.
+
+    Later requests from the same sender connection arrive on the same
+    rendezvous, so it stays open until the relay closes it or it has been
+    idle for ``REQUEST_IDLE`` seconds.
+    """
 
     factory: _RequestFactory
-    _answered = False
+    _idle: Any = None
+
+    def onOpen(self) -> None:
+        self._touch()
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        if self._answered or isBinary:
-            return
+        if isBinary:
+            return  # a request body
         request_id = self.factory.request_id
         try:
             message = messages.parse(payload)
-            if isinstance(message, messages.Request) and message.id:
-                request_id = message.id
         except MalformedInput:
-            pass
-        self._answered = True
+            return
+        if not isinstance(message, messages.Request):
+            return
+        if message.id:
+            request_id = message.id
         self.sendMessage(not_implemented(request_id).encode("utf-8"), isBinary=False)
-        self.sendClose(1000)
+        self.factory.answered += 1
+        self._touch()
+
+    def _touch(self) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = self.factory.reactor.callLater(REQUEST_IDLE, self.sendClose, 1000)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
 
 
 class _RequestFactory(WebSocketClientFactory):
@@ -131,6 +153,7 @@ class _RequestFactory(WebSocketClientFactory):
             maxMessagePayloadSize=1024 * 1024,
         )
         self.request_id = request_id
+        self.answered = 0
 
 
 class _RendezvousLeg(WebSocketClientLeg):

@@ -198,9 +198,16 @@ class AcceptorTests(SynchronousTestCase):
         full = messages.Request(address=request.address, id="r9", request_target="/hc1/big",
                                 method="POST", body=True)
         proto.dataReceived(server_frame(messages.encode(full).encode()))
-        [reply] = text_messages(transport.value())
-        self.assertEqual(reply["response"]["requestId"], "r9")
-        self.assertEqual(reply["response"]["statusCode"], 501)
+        proto.dataReceived(server_frame(b"x" * 1000, opcode=0x2))  # its body
+        # A later request from the same sender connection arrives on the same rendezvous.
+        again = messages.Request(address=request.address, id="r10", request_target="/hc1/x",
+                                 method="GET")
+        proto.dataReceived(server_frame(messages.encode(again).encode()))
+        replies = text_messages(transport.value())
+        self.assertEqual([r["response"]["requestId"] for r in replies], ["r9", "r10"])
+        self.assertEqual({r["response"]["statusCode"] for r in replies}, {501})
+        # Idle for a minute: closed by us.
+        self.clock.advance(60)
         self.assertEqual(client_frames(transport.value())[-1][0], 0x8)
 
 
