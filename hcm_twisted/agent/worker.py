@@ -20,9 +20,7 @@ from typing import Any
 import attrs
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.protocol import connectionDone
-from twisted.logger import (
-    Logger,
-)
+from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
