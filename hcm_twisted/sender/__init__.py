@@ -1,1 +1,1 @@
-"""hcm_twisted.sender"""
+"""The app side: local ports forwarded through hybrid connections (``twistd hcm-sender``)."""

@@ -226,6 +226,13 @@ class SenderService(service.Service):
     def startService(self) -> None:
         super().startService()
         self._stopping = False
+        from autobahn.websocket import USES_NVX
+
+        if not USES_NVX:
+            self._log.warn(
+                "autobahn runs without its native extension (NVX): WebSocket masking is "
+                "slow; install autobahn with its C extensions for full speed"
+            )
         for hc in self.config.hybrid_connections:
             self._start(hc)
 

@@ -556,3 +556,41 @@ def cancel_batched_timers() -> None:
     for call in reactor.getDelayedCalls():  # type: ignore[attr-defined]
         if getattr(call.func, "__name__", "") == "_notify_bucket" and call.active():
             call.cancel()
+
+
+# -- property: any chunking, any fragmentation, bytes arrive exactly -------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+class ChunkingProperties(SynchronousTestCase):
+    @settings(max_examples=60, deadline=None)
+    @given(
+        data=st.binary(min_size=0, max_size=70_000),
+        tcp_cuts=st.lists(st.integers(min_value=0, max_value=70_000), max_size=8),
+        frame_cuts=st.lists(st.integers(min_value=0, max_value=70_000), max_size=6),
+        wire_chunk=st.integers(min_value=1, max_value=9000),
+    )
+    def test_bytes_exact(self, data: bytes, tcp_cuts: list[int], frame_cuts: list[int],
+                         wire_chunk: int) -> None:
+        bridge = Bridge(reactor=Clock())
+        leg, tcp_t = tcp_leg(bridge)
+        ws = WsPeer(bridge)
+        ws.handshake()
+        # TCP -> WebSocket, cut anywhere.
+        points = sorted({0, len(data), *(c for c in tcp_cuts if c < len(data))})
+        for a, b in zip(points, points[1:], strict=False):
+            leg.dataReceived(data[a:b])
+        self.assertEqual(ws.received(), data)
+        # WebSocket -> TCP: one message in fragments, fed to the protocol in wire chunks.
+        points = sorted({0, len(data), *(c for c in frame_cuts if c < len(data))})
+        pieces = [data[a:b] for a, b in zip(points, points[1:], strict=False)] or [b""]
+        wire = b"".join(
+            server_frame(p, opcode=2 if i == 0 else 0, fin=i == len(pieces) - 1)
+            for i, p in enumerate(pieces)
+        )
+        for i in range(0, len(wire), wire_chunk):
+            ws.proto.dataReceived(wire[i : i + wire_chunk])
+        self.assertEqual(tcp_t.value(), data)
+        self.assertEqual((bridge.bytes_to_ws, bridge.bytes_to_tcp), (len(data), len(data)))
