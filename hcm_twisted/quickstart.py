@@ -59,6 +59,7 @@ class _Child:
         self.name = name
         self.log_path = directory / f"{name}.log"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
+        self._offset = self._log.tell()  # an earlier run's lines are not ours
         env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
         root = str(Path(__file__).resolve().parents[1])
@@ -74,7 +75,9 @@ class _Child:
 
     def output(self) -> str:
         self._log.flush()
-        return self.log_path.read_text(errors="replace")
+        with open(self.log_path, "rb") as f:
+            f.seek(self._offset)
+            return f.read().decode("utf-8", "replace")
 
     def wait_for(self, pattern: str, timeout: float) -> None:
         rx = re.compile(pattern)
