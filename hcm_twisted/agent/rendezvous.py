@@ -165,6 +165,7 @@ class _RendezvousLeg(WebSocketClientLeg):
     """
 
     factory: _RendezvousFactory
+    _log = Logger(namespace="hcm_twisted.agent.rendezvous")
 
     def onConnecting(  # type: ignore[override]
         self, transport_details: Any
@@ -172,6 +173,7 @@ class _RendezvousLeg(WebSocketClientLeg):
         # autobahn waits for a Deferred returned here before it sends the request.
         self.factory.connection = self
         factory = self.factory
+        factory.times["relay"] = factory.reactor.seconds()
 
         def request(resource: str) -> ConnectingRequest:
             return ConnectingRequest(
@@ -185,6 +187,19 @@ class _RendezvousLeg(WebSocketClientLeg):
             )
 
         return factory.gate.addCallback(request)
+
+    def onOpen(self) -> None:
+        super().onOpen()
+        times = self.factory.times
+        start = times.get("accept", 0.0)
+        now = self.factory.reactor.seconds()
+        self._log.debug(
+            "rendezvous open after {total:.1f} ms (endpoint {endpoint:.1f} ms, relay TCP"
+            " {relay:.1f} ms)",
+            total=1000 * (now - start),
+            endpoint=1000 * (times.get("endpoint", now) - start),
+            relay=1000 * (times.get("relay", now) - start),
+        )
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         super().onClose(wasClean, code, reason)
@@ -200,6 +215,7 @@ class _RendezvousFactory(BridgeClientFactory):
                  on_reject: Callable[[int | None, str | None], None], **kwargs: Any) -> None:
         super().__init__(url, bridge, **kwargs)
         self.gate = gate
+        self.times: dict[str, float] = {"accept": self.reactor.seconds()}
         self.connection: _RendezvousLeg | None = None
         self.rejecting = False
         self._on_reject: Callable[[int | None, str | None], None] | None = on_reject
@@ -340,9 +356,10 @@ class Acceptor:
 
     def _endpoint_connected(self, pending: _Pending) -> None:
         self.endpoint_reachable = True
+        factory = pending.factory
+        assert factory is not None
+        factory.times["endpoint"] = self._reactor.seconds()
         if not pending.gate.called:
-            factory = pending.factory
-            assert factory is not None
             pending.gate.callback(factory.resource)
 
     def _endpoint_failed(self, pending: _Pending, f: Failure) -> None:
