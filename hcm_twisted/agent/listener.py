@@ -175,10 +175,11 @@ def refused_status(status_line: str | None) -> tuple[int, str] | None:
 class ListenRefused(Exception):
     """The relay refused the listen upgrade with an HTTP status (or the channel failed before opening)."""
 
-    def __init__(self, status: int | None, reason: str) -> None:
+    def __init__(self, status: int | None, reason: str, tls: bool = False) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.tls = tls  # TLS failed (an untrusted certificate, a wrong host name)
 
 
 @attrs.define(eq=False)
@@ -265,7 +266,7 @@ class ControlProtocol(WebSocketClientProtocol):
                 opened.errback(ListenRefused(status, f"HTTP {status} {text}".strip()))
             elif self._lost is not None and _is_tls_failure(self._lost):
                 # TLS failed (e.g. the relay's certificate is not trusted): say so.
-                opened.errback(ListenRefused(None, f"TLS: {_describe(self._lost)}"))
+                opened.errback(ListenRefused(None, f"TLS: {_describe(self._lost)}", tls=True))
             else:
                 opened.errback(ListenRefused(None, reason or "connection closed before the upgrade"))
             return
@@ -361,6 +362,7 @@ class Listener:
         self.reconnects = 0
         self.next_retry: float | None = None
         self._last_status: int | None = None
+        self._tls_failed = False
         self._attempts = 0
         self._channel: ControlProtocol | None = None
         self._opened_at: float | None = None
@@ -461,7 +463,8 @@ class Listener:
             base = BACKOFF[min(self._attempts, len(BACKOFF)) - 1]
         delay = base * (1.0 + JITTER * (2.0 * self._rng() - 1.0))
         self.next_retry = self._reactor.seconds() + delay
-        if self._last_status in (401, 403, 404):
+        if self._last_status in (401, 403, 404) or self._tls_failed:
+            # Needs an operator (or a new token): "failed", but still retried.
             self._set_state(FAILED)
         else:
             self._set_state(BACKING_OFF)
@@ -558,15 +561,18 @@ class Listener:
         if f.check(ListenRefused):
             err: ListenRefused = f.value  # type: ignore[assignment]
             self._last_status = err.status
+            self._tls_failed = err.tls
             if err.status == 404:
                 self.last_error = f"{err.reason} (the Hybrid Connection does not exist)"
             else:
                 self.last_error = err.reason
         elif f.check(CancelledError):
             self._last_status = None
+            self._tls_failed = False
             self.last_error = "connect cancelled"
         else:
             self._last_status = None
+            self._tls_failed = False
             self.last_error = _describe(f)
         self._log.warn(
             "control channel {name} failed: {error}", name=self.name, error=self.last_error
@@ -577,6 +583,7 @@ class Listener:
         self._opened_at = self._reactor.seconds()
         self.connected_since = self._wallclock()
         self._last_status = None
+        self._tls_failed = False
         self.last_error = None
         self._set_state(CONNECTED)
         self._log.info("control channel connected: {name}", name=self.name)

@@ -6,6 +6,7 @@ import json
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from OpenSSL import SSL
 from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
@@ -223,6 +224,16 @@ class BackoffTests(ListenerTestBase):
         self.assertEqual(len(self.net.attempts), attempts + 1)
         _, headers = parse_request(self.net.last[1].value())
         self.assertEqual(headers["servicebusauthorization"], fresh)
+
+    def test_tls_failure_reported(self) -> None:
+        """A TLS failure before the upgrade is reported as such: 'failed', still retried."""
+        self.listener.start()
+        proto, _ = self.net.last
+        proto.connectionLost(Failure(SSL.Error([("SSL routines", "", "certificate verify failed")])))
+        self.assertEqual(self.listener.state, L.FAILED)
+        self.assertIn("TLS", self.listener.last_error or "")
+        self.assertIn("certificate verify failed", self.listener.last_error or "")
+        self.assertEqual(round(self.next_delay(), 3), 0.0)
 
     def test_endpoint_raising_counts_as_failure(self) -> None:
         """An endpoint that raises at once is a failed attempt, retried with back-off."""

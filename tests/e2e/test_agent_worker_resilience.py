@@ -188,7 +188,7 @@ class WorkerResilience(unittest.TestCase):
         status = await self.wait_state(
             lambda s: "certificate verify failed" in (s["last_error"] or ""), 10
         )
-        self.assertIn(status["state"], ("backing-off", "connecting"))
+        self.assertIn(status["state"], ("failed", "connecting"))
         self.assertIn("TLS", status["last_error"])
 
     async def wait_state(self, predicate: Any, timeout: float) -> Any:
