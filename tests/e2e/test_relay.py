@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -20,14 +22,56 @@ LISTEN_KEY = TEST_KEYS["defaultListener"]
 SEND_KEY = TEST_KEYS["defaultSender"]
 
 
+_SHARED: list[Relay] = []
+_HC_COUNT = [0]
+SHARED_HCS = 40
+
+
+def shared_relay() -> Relay:
+    """One relay process for the tests that can share it (stopped at exit)."""
+    if not _SHARED or _SHARED[0].proc is None or _SHARED[0].proc.popen.poll() is not None:
+        directory = Path(tempfile.mkdtemp(prefix="hcm-relay-shared-"))
+        relay = start_relay(directory, [f"hc{i}" for i in range(1, SHARED_HCS + 1)])
+        atexit.register(relay.stop)
+        _SHARED[:] = [relay]
+    return _SHARED[0]
+
+
+def _shared_done() -> None:
+    """Stop the shared relay after the last shared test of a full module run."""
+    _HC_DONE[0] += 1
+    total = sum(
+        len([n for n in dir(cls) if n.startswith("test_")])
+        for cls in list(globals().values())
+        if isinstance(cls, type) and issubclass(cls, RelayTestCase) and cls.shared
+    )
+    if _HC_DONE[0] >= total and _SHARED:
+        _SHARED[0].stop()
+
+
+_HC_DONE = [0]
+
+
+def next_hc() -> str:
+    _HC_COUNT[0] = _HC_COUNT[0] % SHARED_HCS + 1
+    return f"hc{_HC_COUNT[0]}"
+
+
 class RelayTestCase(unittest.TestCase):
     timeout = 60
     extra_toml = ""
     hcs: tuple[str | dict[str, object], ...] = ("hc1",)
+    shared = False  # share one relay process per module; each test gets its own HC
 
     def setUp(self) -> None:
-        self.relay: Relay = start_relay(Path(self.mktemp()), self.hcs, self.extra_toml)
-        self.addCleanup(self.relay.stop)
+        if self.shared:
+            self.relay: Relay = shared_relay()
+            self.hc = next_hc()
+            self.addCleanup(_shared_done)
+        else:
+            self.relay = start_relay(Path(self.mktemp()), self.hcs, self.extra_toml)
+            self.addCleanup(self.relay.stop)
+            self.hc = "hc1"
         self.port = self.relay.port
         self.ca = str(self.relay.ca_path)
         self.clients: list[rc.Client] = []
@@ -38,11 +82,11 @@ class RelayTestCase(unittest.TestCase):
             if c.transport is not None and c.state != c.STATE_CLOSED:
                 c.transport.abortConnection()
 
-    def listen_token(self, hc: str = "hc1", lifetime: float = 3600) -> str:
-        return rc.token(self.port, hc, "defaultListener", LISTEN_KEY, lifetime)
+    def listen_token(self, hc: str | None = None, lifetime: float = 3600) -> str:
+        return rc.token(self.port, hc or self.hc, "defaultListener", LISTEN_KEY, lifetime)
 
-    def send_token(self, hc: str = "hc1", lifetime: float = 3600) -> str:
-        return rc.token(self.port, hc, "defaultSender", SEND_KEY, lifetime)
+    def send_token(self, hc: str | None = None, lifetime: float = 3600) -> str:
+        return rc.token(self.port, hc or self.hc, "defaultSender", SEND_KEY, lifetime)
 
     async def connect(self, url: str, headers: dict[str, str] | None = None,
                       protocols: list[str] | None = None) -> rc.Client:
@@ -50,8 +94,9 @@ class RelayTestCase(unittest.TestCase):
         self.clients.append(client)
         return client
 
-    async def listen(self, hc: str = "hc1", token: str | None = None, id: str | None = None,
-                     ) -> rc.Client:
+    async def listen(self, hc: str | None = None, token: str | None = None,
+                     id: str | None = None) -> rc.Client:
+        hc = hc or self.hc
         tok = token or self.listen_token(hc)
         return await self.connect(rc.listen_url(self.port, hc, id=id),
                                   {"ServiceBusAuthorization": tok})
@@ -70,7 +115,7 @@ class RelayTestCase(unittest.TestCase):
         listener = await self.listen()
         headers = {"ServiceBusAuthorization": self.send_token(), **(extra or {})}
         sender_d = rc.connect(
-            rc.connect_url(self.port, "hc1", id="sender-id-1", suffix="/sub/path",
+            rc.connect_url(self.port, self.hc, id="sender-id-1", suffix="/sub/path",
                            query="app=1&x=y%20z"),
             self.ca, headers, protocols,
         )
@@ -83,6 +128,7 @@ class RelayTestCase(unittest.TestCase):
 
 
 class ConnectTests(RelayTestCase):
+    shared = True
     async def test_accept_message(self) -> None:
         """The accept message carries the sender's headers, id, suffix and query."""
         _, sender, rdv, accept = await self.pair(
@@ -95,7 +141,7 @@ class ConnectTests(RelayTestCase):
         self.assertEqual(headers.get("X-Custom-Header"), "Value 1")
         self.assertNotIn("servicebusauthorization", {h.lower() for h in headers})
         address = str(accept["address"])
-        self.assertTrue(address.startswith(f"wss://localhost:{self.port}/$hc/hc1/sub/path?"))
+        self.assertTrue(address.startswith(f"wss://localhost:{self.port}/$hc/{self.hc}/sub/path?"))
         self.assertIn("app=1&x=y%20z&", address)
         self.assertIn("sb-hc-action=accept", address)
         self.assertNotIn("sb-hc-token", address)
@@ -208,7 +254,7 @@ class ConnectTests(RelayTestCase):
     async def test_reject(self) -> None:
         """Reject: 410 to the listener, the listener's code and description to the sender."""
         listener = await self.listen()
-        sender_d = rc.connect(rc.connect_url(self.port, "hc1", tok=self.send_token()), self.ca)
+        sender_d = rc.connect(rc.connect_url(self.port, self.hc, tok=self.send_token()), self.ca)
         accept = (await listener.json())["accept"]
         url = (f"{accept['address']}&sb-hc-statusCode=401"
                f"&sb-hc-statusDescription={quote('Status Description from test', safe='')}")
@@ -219,7 +265,7 @@ class ConnectTests(RelayTestCase):
 
     async def test_reject_unprefixed(self) -> None:
         listener = await self.listen()
-        sender_d = rc.connect(rc.connect_url(self.port, "hc1", tok=self.send_token()), self.ca)
+        sender_d = rc.connect(rc.connect_url(self.port, self.hc, tok=self.send_token()), self.ca)
         accept = (await listener.json())["accept"]
         url = f"{accept['address']}&statusCode=503&statusDescription=busy"
         err = await self.handshake_error(rc.connect(url, self.ca))
@@ -234,7 +280,7 @@ class ConnectTests(RelayTestCase):
 
     async def test_no_listener_404(self) -> None:
         err = await self.handshake_error(
-            rc.connect(rc.connect_url(self.port, "hc1", tok=self.send_token()), self.ca))
+            rc.connect(rc.connect_url(self.port, self.hc, tok=self.send_token()), self.ca))
         self.assertEqual(err.status, 404)
         self.assertIn("Endpoint does not exist.", err.reason)
         err = await self.handshake_error(
@@ -243,25 +289,26 @@ class ConnectTests(RelayTestCase):
 
 
 class AuthTests(RelayTestCase):
+    shared = True
     async def test_refusals(self) -> None:
         """401 for a wrong key, an expired token and a wrong audience; 403 for a Listen key."""
         await self.listen()
         cases = [
-            (rc.token(self.port, "hc1", "defaultSender", "d3Jvbmcta2V5LXdyb25nLWtleQ=="), 401),
-            (rc.token(self.port, "hc1", "defaultSender", SEND_KEY, now=time.time() - 3600,
+            (rc.token(self.port, self.hc, "defaultSender", "d3Jvbmcta2V5LXdyb25nLWtleQ=="), 401),
+            (rc.token(self.port, self.hc, "defaultSender", SEND_KEY, now=time.time() - 3600,
                       lifetime=60), 401),
             (rc.token(self.port, "other", "defaultSender", SEND_KEY), 401),
-            (rc.token(self.port, "hc1", "defaultListener", LISTEN_KEY), 403),
+            (rc.token(self.port, self.hc, "defaultListener", LISTEN_KEY), 403),
             (None, 401),
         ]
         for tok, status in cases:
             err = await self.handshake_error(rc.connect(
-                rc.connect_url(self.port, "hc1"), self.ca,
+                rc.connect_url(self.port, self.hc), self.ca,
                 {"ServiceBusAuthorization": tok} if tok else None))
             self.assertEqual(err.status, status, tok)
         # Send rights are not enough to listen.
         err = await self.handshake_error(rc.connect(
-            rc.listen_url(self.port, "hc1", tok=self.send_token()), self.ca))
+            rc.listen_url(self.port, self.hc, tok=self.send_token()), self.ca))
         self.assertEqual(err.status, 403)
 
     async def test_namespace_rule_and_audiences(self) -> None:
@@ -269,8 +316,8 @@ class AuthTests(RelayTestCase):
         root = TEST_KEYS["RootManageSharedAccessKey"]
         from hcm_twisted.core import sas
 
-        for aud in (f"http://localhost:{self.port}/hc1", "http://localhost/hc1/",
-                    "sb://localhost:443/hc1", "http://localhost/"):
+        for aud in (f"http://localhost:{self.port}/{self.hc}", f"http://localhost/{self.hc}/",
+                    f"sb://localhost:443/{self.hc}", "http://localhost/"):
             tok = sas.mint(aud, "RootManageSharedAccessKey", root)
             c = await self.listen(token=tok)
             c.sendClose(1000)
@@ -282,7 +329,7 @@ class AuthTests(RelayTestCase):
         for _ in range(25):
             await self.listen(token=tok)
         err = await self.handshake_error(rc.connect(
-            rc.listen_url(self.port, "hc1", tok=tok), self.ca))
+            rc.listen_url(self.port, self.hc, tok=tok), self.ca))
         self.assertEqual(err.status, 403)
         self.assertIn("MaximumListenersPerEndpoint", err.reason)
 
