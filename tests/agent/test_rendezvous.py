@@ -6,6 +6,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs, formatEvent
@@ -13,7 +14,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from hcm_twisted.agent.listener import HcSpec
-from hcm_twisted.agent.rendezvous import Acceptor, first_subprotocol
+from hcm_twisted.agent.rendezvous import Acceptor, default_tcp_endpoints, first_subprotocol
 from hcm_twisted.core import messages
 from tests.agent.wsfake import (
     FakeNetwork,
@@ -211,3 +212,12 @@ class AcceptorTests(SynchronousTestCase):
         self.assertEqual(client_frames(transport.value())[-1][0], 0x8)
 
 
+
+
+class EndpointChoiceTests(SynchronousTestCase):
+    def test_ip_literals_skip_the_resolver(self) -> None:
+        """IP literals get plain TCP endpoints; host names a HostnameEndpoint."""
+        make = default_tcp_endpoints(MemoryReactorClock())
+        self.assertIsInstance(make("127.0.0.1", 80, 5), TCP4ClientEndpoint)
+        self.assertIsInstance(make("::1", 80, 5), TCP6ClientEndpoint)
+        self.assertIsInstance(make("db.internal", 80, 5), HostnameEndpoint)
