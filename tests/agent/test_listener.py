@@ -137,6 +137,20 @@ class ConnectTests(ListenerTestBase):
         self.assertIn(0x9, frames)
 
 
+    def test_dead_path_noticed(self) -> None:
+        """No pong within the timeout: the channel is dropped and reconnected."""
+        self.listener.start()
+        proto, transport = self.open_channel()
+        self.clock.advance(30.5)  # ping sent
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(16)  # no pong
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost(_lost())
+        self.assertEqual(self.listener.reconnects, 1)
+        self.assertIn("ping timeout", self.listener.last_error or "")
+        self.assertEqual(round(self.next_delay(), 3), 0.0)
+
+
 class BackoffTests(ListenerTestBase):
     def test_backoff_sequence(self) -> None:
         """Refused connects back off 0, 1, 2, 5, 10, 30, 30 s."""
