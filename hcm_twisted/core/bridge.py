@@ -170,6 +170,7 @@ class Bridge:
         self.tcp_gone = False  # TCP connection lost (or never made)
         self.ws_peer_closed = False  # the WebSocket peer sent Close
         self.ws_gone = False  # WebSocket connection lost (or never opened)
+        self._ws_broken = False  # it ended with an error (not Close 1000/1001): reset TCP
         self._tcp_ever = False
         self._ws_ever = False
         self.close_reason: str | None = None
@@ -453,11 +454,19 @@ class Bridge:
                 transport.unregisterProducer()
             except Exception:  # noqa: S110
                 pass
+        if opened and code not in _GRACEFUL:
+            self._ws_broken = True
         self._on_ws_gone()
         self._check_done()
 
     def _on_ws_gone(self) -> None:
         if self.tcp is not None and not self.tcp_gone:
+            if self._ws_broken:
+                # The stream was cut: reset TCP so the app cannot take a part for the whole.
+                transport: Any = self.tcp.transport
+                if hasattr(transport, "abortConnection"):
+                    transport.abortConnection()
+                    return
             self._close_tcp()
 
     def _close_tcp(self, half: bool = False) -> None:
