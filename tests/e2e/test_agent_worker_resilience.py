@@ -32,10 +32,11 @@ from tests.e2e.test_agent_worker import (
 class WorkerResilience(unittest.TestCase):
     timeout = 120
 
-    async def start(self, extra_toml: str = "", lifetime: float = 3600) -> None:
+    async def start(self, extra_toml: str = "", lifetime: float = 3600,
+                    hcs: tuple[str, ...] = ("hc1",)) -> None:
         self.dir = Path(self.mktemp()).resolve()
         self.dir.mkdir(parents=True)
-        self.relay = start_relay(self.dir, hcs=("hc1",), extra_toml=extra_toml)
+        self.relay = start_relay(self.dir, hcs=hcs, extra_toml=extra_toml)
         self.addCleanup(self.relay.stop)
         self.cas = tls.load_ca_certificates(str(self.relay.ca_path))
         self.echo = EchoFactory()
@@ -175,6 +176,38 @@ class WorkerResilience(unittest.TestCase):
         text = log.read_text(errors="replace")
         self.assertGreaterEqual(text.count(f"CONNECT localhost:{self.relay.port}"), 2, text[-2000:])
         self.assertNotIn("s3cret-proxy-pw", self.worker.output)
+
+    def test_many_hcs_reconciled(self) -> defer.Deferred[None]:
+        """One worker, 30 HCs: all connect; a smaller set closes the removed ones."""
+        return defer.ensureDeferred(self._many())
+
+    async def _many(self) -> None:
+        names = ("hc1",) + tuple(f"hc{i:02d}" for i in range(2, 31))
+        await self.start(hcs=names)
+        endpoint = f"127.0.0.1:{self.echo_port}"
+        await self.worker.call(commands.SetHybridConnections,
+                               hcs=[hc_item(self.relay, n, endpoint) for n in names])
+        for n in names:
+            await self.worker.wait_log(rf"control channel connected: {n}\b")
+        status = (await self.worker.call(commands.GetStatus))["status"]["hcs"]
+        self.assertEqual({n for n, s in status.items() if s["state"] == "connected"}, set(names))
+        keep = names[:10]
+        await self.worker.call(commands.SetHybridConnections,
+                               hcs=[hc_item(self.relay, n, endpoint) for n in keep])
+        status = (await self.worker.call(commands.GetStatus))["status"]["hcs"]
+        self.assertEqual(set(status), set(keep))
+        await self.transfer()
+        # A removed HC has no listener any more: its senders get 404.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                await send(self.relay, names[-1], b"x", self.cas)
+            except SendFailed as e:
+                self.assertEqual(e.status, 404)
+                break
+            if time.monotonic() > deadline:
+                self.fail("a removed HC still accepted connections")
+            await sleep(0.1)
 
     def test_untrusted_relay_reported(self) -> defer.Deferred[None]:
         """Without the relay's CA the channel fails TLS verification, and says so."""
