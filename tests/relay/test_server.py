@@ -144,7 +144,7 @@ class ControlChannelTests(RelayUnitTest):
         self.assertEqual(self.close_code(conn), 1008)
 
 
-class RendezvousTests(RelayUnitTest):
+class Joining(RelayUnitTest):
     def connect_sender(self, hc: str = "hc1", query: str = "", headers: dict[str, str] | None = None,
                        protocols: list[str] | None = None) -> Conn:
         hdrs = {"ServiceBusAuthorization": send_token(hc, now=self.now()), **(headers or {})}
@@ -172,6 +172,9 @@ class RendezvousTests(RelayUnitTest):
         self.assertIn(" 101 ", sender.status)
         return sender, rdv
 
+
+
+class RendezvousTests(Joining):
     def test_no_listener_404(self) -> None:
         self.assertIn(" 404 ", self.connect_sender().status)
 
@@ -348,3 +351,55 @@ class HelperTests(RelayUnitTest):
     def test_strip_relay_query(self) -> None:
         self.assertEqual(server.strip_relay_query("a=1&sb-hc-token=x&SB-HC-ID=2&sb-hc-flag&b=%20"),
                          "a=1&sb-hc-flag&b=%20")
+
+
+class FuzzTests(Joining):
+    """Whatever bytes arrive, only that connection suffers; nothing raises out of the relay."""
+
+    def test_random_bytes_on_control_channel_and_legs(self) -> None:
+        from hypothesis import given, settings
+        from hypothesis import strategies as st
+
+        @settings(max_examples=60, deadline=None, database=None)
+        @given(st.lists(st.binary(min_size=0, max_size=300), min_size=1, max_size=6),
+               st.booleans())
+        def check(chunks: list[bytes], masked_first: bool) -> None:
+            listener = self.listen()
+            bystander = self.listen()
+            for chunk in chunks:
+                data = client_frame(1, chunk) if masked_first else chunk
+                listener.proto.dataReceived(data)  # must not raise
+                masked_first = False
+            self.assertTrue(bystander.proto.is_live_listener())
+            sender = self.open("/$hc/hc1?sb-hc-action=connect",
+                               {"ServiceBusAuthorization": send_token(now=self.now())})
+            for conn in (listener, bystander):
+                conn.take()
+            for chunk in chunks:
+                sender.proto.dataReceived(chunk)
+            for proto in list(self.hub.connections):
+                proto.connectionLost(server.Failure(ConnectionError("done")))
+            self.assertEqual(self.hub.pending, {})
+            self.assertEqual(self.hub.connections, set())
+            self.assertEqual(self.hub.live_listeners(self.namespace.entities["hc1"]), [])
+
+        check()
+
+    def test_random_bytes_on_joined_legs(self) -> None:
+        from hypothesis import given, settings
+        from hypothesis import strategies as st
+
+        @settings(max_examples=40, deadline=None, database=None)
+        @given(st.lists(st.binary(min_size=0, max_size=200), min_size=1, max_size=6))
+        def check(chunks: list[bytes]) -> None:
+            sender, rdv = self.joined()
+            for chunk in chunks:
+                sender.proto.dataReceived(chunk)
+                rdv.proto.dataReceived(client_frame(2, chunk))
+            for proto in list(self.hub.connections):
+                proto.connectionLost(server.Failure(ConnectionError("done")))
+            self.assertEqual(self.hub.pending, {})
+            self.assertEqual(self.hub.connections, set())
+            self.assertEqual(self.hub.live_listeners(self.namespace.entities["hc1"]), [])
+
+        check()
