@@ -125,13 +125,30 @@ async def resolve(reactor: Any, host: str, port: int, timeout: float) -> list[st
 
 
 class _Nothing(Protocol):
-    pass
+    def __init__(self) -> None:
+        self.closed: defer.Deferred[None] = defer.Deferred()
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
+        if not self.closed.called:
+            self.closed.callback(None)
+
+
+async def _close(proto: Any, closed: defer.Deferred[None], reactor: Any) -> None:
+    """Close ``proto``'s connection and wait (briefly) until it is gone; abort if it lingers."""
+    if closed.called or proto.transport is None:
+        return
+    proto.transport.loseConnection()
+    try:
+        await _timed(closed, 2.0, reactor)
+    except defer.TimeoutError:
+        proto.transport.abortConnection()
 
 
 async def tcp_connect(endpoint: Any, timeout: float, reactor: Any) -> None:
     """Open and close one connection through ``endpoint``."""
-    proto = await _timed(endpoint.connect(Factory.forProtocol(_Nothing)), timeout, reactor)
-    proto.transport.loseConnection()
+    proto = _Nothing()
+    await _timed(endpoint.connect(Factory.forProtocol(lambda: proto)), timeout, reactor)
+    await _close(proto, proto.closed, reactor)
 
 
 @implementer(IHandshakeListener)
@@ -145,7 +162,6 @@ class _Handshake(Protocol):
         cert = self.transport.getPeerCertificate()  # type: ignore[attr-defined]
         if not self.done.called:
             self.done.callback(cert.to_cryptography() if cert is not None else None)
-        self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]
         if not self.done.called:
@@ -161,8 +177,7 @@ async def tls_handshake(endpoint: Any, timeout: float, reactor: Any) -> Any:
     try:
         return await _timed(proto.done, timeout, reactor)
     finally:
-        if proto.transport is not None and not proto.closed.called:
-            proto.transport.abortConnection()  # type: ignore[attr-defined]
+        await _close(proto, proto.closed, reactor)
 
 
 class _Upgrade(WebSocketClientProtocol):
@@ -453,14 +468,19 @@ class Checker:
         return True
 
     async def _metadata_endpoint(self, cs: ConnectionString) -> str:
-        from twisted.web.client import Agent
+        from twisted.web.client import Agent, HTTPConnectionPool
 
         from hcm_twisted.agent import metadata
 
         factory = proxy.AgentEndpointFactory(
             self.reactor, self._tls_options, self.target.proxy, self.target.no_proxy, self.timeout)
-        agent = Agent.usingEndpointFactory(self.reactor, factory)
-        return await metadata.fetch_endpoint(agent, cs, self.now(), self.reactor)
+        # A persistent pool, closed (and waited for) at the end: no connection outlives us.
+        pool = HTTPConnectionPool(self.reactor, persistent=True)
+        agent = Agent.usingEndpointFactory(self.reactor, factory, pool=pool)
+        try:
+            return await metadata.fetch_endpoint(agent, cs, self.now(), self.reactor)
+        finally:
+            await pool.closeCachedConnections()
 
     async def _end_to_end(self, via: str | None, ready: bool) -> None:
         send = self.target.send
