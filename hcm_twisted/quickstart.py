@@ -327,10 +327,42 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None) -> int
         stop_all()
         say("hcm quickstart: stopped.")
 
+    def self_check() -> None:
+        from twisted.internet.threads import deferToThread
+
+        def done(result: tuple[bytes, float]) -> None:
+            data, ms = result
+            if data == b"hello\n":
+                say(f"(self-check: 'hello' went through and came back in {ms:.0f} ms)")
+            else:
+                say(f"hcm quickstart: self-check got {data!r} back; see the logs in {directory}")
+
+        def failed(f: Any) -> None:
+            say(f"hcm quickstart: self-check failed: {f.getErrorMessage()}; "
+                f"see the logs in {directory}")
+
+        deferToThread(_echo_once, sender_port).addCallbacks(done, failed)
+
     reactor.addSystemEventTrigger("before", "shutdown", shutdown)
     reactor.callLater(1.0, watch)
+    reactor.callWhenRunning(self_check)
     reactor.run()
     return 0
+
+
+def _echo_once(port: int, timeout: float = 20.0) -> tuple[bytes, float]:
+    """Send ``hello`` through the sender, half-close, read the answer (blocking)."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(b"hello\n")
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            data = s.recv(4096)
+            if not data:
+                break
+            chunks.append(data)
+    return b"".join(chunks), (time.monotonic() - started) * 1000
 
 
 if __name__ == "__main__":  # pragma: no cover

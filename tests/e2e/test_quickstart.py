@@ -61,6 +61,7 @@ class QuickstartTests(TestCase):
         self.assertIn(f"hcm --config {directory / 'hcm.toml'} list", output)
         for name in ("hcm-relay.toml", "hcm.toml", "hcm-sender.toml"):
             self.assertEqual((directory / name).stat().st_mode & 0o777, 0o600, name)
+        proc.wait_log(r"self-check: 'hello' went through and came back", timeout=30)
         children = processes_in(directory)
         self.assertGreaterEqual(len(children), 5)  # relay, agent master + 2 workers, sender
 
