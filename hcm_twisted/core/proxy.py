@@ -296,7 +296,11 @@ class _Tunnel(Protocol):
             self.transport.setTcpNoDelay(True)  # type: ignore[attr-defined]
         except (AttributeError, OSError):
             pass
-        target = _host_port(self._owner.host, self._owner.port).encode("idna")
+        try:
+            target = self._owner.target_bytes()
+        except ValueError as e:
+            self._fail(ProxyError(str(e)))
+            return
         lines = [
             b"CONNECT " + target + b" HTTP/1.1",
             b"Host: " + target,
@@ -437,6 +441,16 @@ class _Attempt:
     def target(self) -> str:
         return _host_port(self.host, self.port)
 
+    def target_bytes(self) -> bytes:
+        """``host:port`` for the request line; ``ValueError`` for a host no proxy could take."""
+        host = self.host
+        if not host or any(c.isspace() or ord(c) < 0x20 or c in "/?#@" for c in host):
+            raise ValueError(f"cannot ask a proxy for a tunnel to host {host!r}")
+        try:
+            return _host_port(host, self.port).encode("idna")
+        except UnicodeError:
+            raise ValueError(f"cannot ask a proxy for a tunnel to host {host!r}") from None
+
     def _connected(self, tunnel: _Tunnel) -> None:
         self._tunnel = tunnel
 
@@ -461,7 +475,14 @@ class _Attempt:
             tunnel.transport.abortConnection()  # type: ignore[union-attr]
             self.result.errback(error.ConnectError(string="the protocol factory refused"))
             return
-        tunnel.hand_over(wrapped, rest)
+        try:
+            tunnel.hand_over(wrapped, rest)
+        except Exception:
+            failure = Failure()
+            if tunnel.transport is not None:
+                tunnel.transport.abortConnection()  # type: ignore[attr-defined]
+            self.result.errback(failure)
+            return
         _log.debug(
             "tunnel to {target} through proxy {proxy} open", target=self.target(),
             proxy=self.proxy.address(),

@@ -138,6 +138,28 @@ class TunnelTests(SynchronousTestCase):
         self.assertTrue(proto.lost.check(error.ConnectionDone))
         self.assertEqual(reactor.getDelayedCalls(), [])  # the timer is gone
 
+    def test_bad_target_host(self) -> None:
+        for host in ("ns.example\r\nX-Injected: 1", "a..b" + "c" * 70, "ns example"):
+            ep, inner, reactor = make(host=host)
+            d = ep.connect(RecorderFactory())
+            f = self.failureResultOf(d, ProxyError)
+            self.assertIn("cannot ask a proxy for a tunnel", str(f.value))
+            self.assertNotIn(b"X-Injected", inner.transport.value())
+            self.assertTrue(inner.transport.disconnecting)
+            self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_protocol_failing_in_connection_made(self) -> None:
+        class Broken(Protocol):
+            def connectionMade(self) -> None:
+                raise RuntimeError("cannot start")
+
+        ep, inner, reactor = make()
+        d = ep.connect(Factory.forProtocol(Broken))
+        inner.protocol.dataReceived(b"HTTP/1.1 200 OK\r\n\r\n")
+        self.failureResultOf(d, RuntimeError)
+        self.assertTrue(inner.transport.disconnecting)
+        self.assertEqual(reactor.getDelayedCalls(), [])
+
     def test_refused_407(self) -> None:
         ep, inner, reactor = make("http://user:secretpw@proxy.example:3128")
         d = ep.connect(RecorderFactory())
