@@ -42,6 +42,7 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.xormasker import create_xor_masker
 from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableDescriptor,
@@ -334,7 +335,13 @@ class Bridge:
                 transport.unregisterProducer()
             except Exception:  # noqa: S110
                 pass
-        if self.joined:
+        if self.joined and reason.check(ConnectionDone) is None and self.ws is not None \
+                and not self.ws_gone:
+            # A reset or broken TCP connection cuts the stream: say so (1011), not 1000.
+            if self.close_reason is None:
+                self.close_reason = "tcp connection lost"
+            self.ws.close_leg(1011, "connection lost")
+        elif self.joined:
             self._on_tcp_eof()
         elif self.ws is not None:
             self._ws_valve.resume("unjoined")  # type: ignore[union-attr]
