@@ -74,6 +74,7 @@ class RelayConfig:
     ping_interval: float = 0.0
     log_requests: bool = False
     metrics: str | None = None
+    listener_recycle: float = 0.0
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -88,6 +89,7 @@ _TOP_KEYS = {
     "namespace", "aliases", "endpoint", "state", "authorization-rule", "hybrid-connection",
     "token-grace", "accept-timeout", "request-timeout", "max-listeners", "handshake-timeout",
     "close-timeout", "half-close-timeout", "ping-interval", "log-requests", "metrics",
+    "listener-recycle",
 }
 _HC_KEYS = {"name", "requires-client-authorization", "user-metadata", "authorization-rule"}
 _RULE_KEYS = {"name", "rights", "primary-key", "secondary-key"}
@@ -227,6 +229,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | str = ".") -> RelayCo
         ping_interval=_number(data, "ping-interval", 0.0),
         log_requests=_bool(data, "log-requests", where, False),
         metrics=_text(data, "metrics", where),
+        listener_recycle=_number(data, "listener-recycle", 0.0),
     )
 
 

@@ -245,6 +245,21 @@ class Hub:
             for d in waiting:
                 d.callback(None)
 
+    def recycle_listeners(self, hc: str | None = None) -> int:
+        """Close live control channels with 1011, as Azure's periodic listener recycle does.
+
+        Listeners are expected to reconnect.  Returns how many were closed.
+        """
+        count = 0
+        for name, items in list(self.listeners.items()):
+            if hc is not None and name != hc.lower():
+                continue
+            for proto in list(items):
+                if proto.is_live_listener():
+                    proto.recycle()
+                    count += 1
+        return count
+
     def shutdown(self, timeout: float) -> defer.Deferred[None]:
         """Close every WebSocket with 1001 and wait (at most ``timeout``) until they are gone."""
         for proto in list(self.connections):
@@ -327,6 +342,7 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         self._lapse: IDelayedCall | None = None
         self._half_close_timer: IDelayedCall | None = None
         self._abort_timer: IDelayedCall | None = None
+        self._recycle_timer: IDelayedCall | None = None
         self._queue: list[bytes] = []
         self._out_opcode = 2
         self._out_started = False
@@ -538,6 +554,11 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         if self.role == "listen":
             assert self.entity is not None
             self._schedule_lapse()
+            recycle = self.hub.config.listener_recycle
+            if recycle > 0:
+                self._recycle_timer = self.hub.reactor.callLater(
+                    recycle * self.hub.rng.uniform(0.9, 1.0), self.recycle
+                )
             self._log.info(
                 "listener {id} connected on {hc} ({n} live)", id=self.listener_id,
                 hc=self.entity.name, n=len(self.hub.live_listeners(self.entity)),
@@ -574,6 +595,13 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         now = self.hub.reactor.seconds()
         delay = max(0.0, self.token_expiry + self.hub.config.token_grace - now)
         self._lapse = self.hub.reactor.callLater(delay, self._token_lapsed)
+
+    def recycle(self) -> None:
+        """Close this control channel with 1011 (the listener reconnects)."""
+        self._recycle_timer = None
+        self._log.info("listener {id} on {hc}: recycled", id=self.listener_id,
+                       hc=self.entity.name if self.entity else "?")
+        self._send_close(1011, "InternalServerError: NameRenewalFailed (listener recycle).")
 
     def _token_lapsed(self) -> None:
         self._lapse = None
@@ -792,6 +820,9 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         if self._half_close_timer is not None and self._half_close_timer.active():
             self._half_close_timer.cancel()
         self._half_close_timer = None
+        if self._recycle_timer is not None and self._recycle_timer.active():
+            self._recycle_timer.cancel()
+        self._recycle_timer = None
         if self.role == "listen" and self.entity is not None:
             self.hub.remove_listener(self.entity, self)
             if self.hub.http is not None:

@@ -1,8 +1,13 @@
 # -*- test-case-name: tests.relay.test_tap -*-
-"""``twistd hcm-relay --config PATH``: the local Azure Relay Hybrid Connections stand-in."""
+"""``twistd hcm-relay --config PATH``: the local Azure Relay Hybrid Connections stand-in.
+
+SIGUSR1 recycles every listener control channel (close 1011, like Azure's periodic
+listener recycle); the config key ``listener-recycle`` does it per channel on a timer.
+"""
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from autobahn import websocket as _autobahn_websocket
@@ -66,6 +71,7 @@ class RelayService(service.MultiService):
 
             reactor = _reactor
         self.reactor = reactor
+        self._old_usr1: Any = None
         self.relay_config = config
         self.namespace = Namespace.open(config)
         from hcm_twisted.relay.server import build
@@ -88,7 +94,18 @@ class RelayService(service.MultiService):
             )
             metrics.setServiceParent(self)
 
+    def _on_sigusr1(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self._recycle_all)
+
+    def _recycle_all(self) -> None:
+        n = self.hub.recycle_listeners()
+        _log.info("SIGUSR1: recycled {n} listener control channels (1011)", n=n)
+
     def startService(self) -> None:
+        try:
+            self._old_usr1 = signal.signal(signal.SIGUSR1, self._on_sigusr1)
+        except ValueError:  # not the main thread (tests)
+            self._old_usr1 = None
         if not _autobahn_websocket.USES_NVX:
             _log.warn("autobahn NVX acceleration is not in use: WebSocket masking will be slow")
         if self.ca_path:
@@ -100,6 +117,9 @@ class RelayService(service.MultiService):
 
     def stopService(self) -> defer.Deferred[None]:
         """Stop listening, then close every WebSocket with 1001 (bounded wait)."""
+        if self._old_usr1 is not None:
+            signal.signal(signal.SIGUSR1, self._old_usr1)
+            self._old_usr1 = None
         d = defer.maybeDeferred(super().stopService)
         d.addBoth(lambda _: self.hub.shutdown(self.relay_config.close_timeout))
         return d

@@ -371,6 +371,18 @@ class KeyTests(RelayTestCase):
         await self.listen()
 
 
+    async def test_sigusr1_recycles_listeners(self) -> None:
+        """SIGUSR1: every control channel is closed with 1011; listeners may reconnect."""
+        import signal
+
+        listener = await self.listen()
+        assert self.relay.proc is not None
+        self.relay.proc.signal(signal.SIGUSR1)
+        code, _ = await listener.closed
+        self.assertEqual(code, 1011)
+        await self.listen()
+
+
 class MetricsTests(RelayTestCase):
     def setUp(self) -> None:
         from tests.e2e.harness import free_port

@@ -138,6 +138,15 @@ class ControlChannelTests(RelayUnitTest):
         self.clock.advance(10)  # renewed token (expiry 18 s) + grace passed
         self.assertEqual(self.close_code(renewed), 1008)
 
+    def test_recycle_on_demand(self) -> None:
+        """Hub.recycle_listeners closes live control channels with 1011 (Azure's recycle)."""
+        a, b = self.listen(), self.listen("open")
+        self.assertEqual(self.hub.recycle_listeners("open"), 1)
+        self.assertEqual(a.frames(), [])
+        self.assertEqual(self.close_code(b), 1011)
+        self.assertEqual(self.hub.recycle_listeners(), 1)
+        self.assertEqual(self.close_code(a), 1011)
+
     def test_bad_renew_closes_1008(self) -> None:
         conn = self.listen()
         conn.text(json.dumps({"renewToken": {"token": send_token(now=self.now())}}))
@@ -172,6 +181,19 @@ class Joining(RelayUnitTest):
         self.assertIn(" 101 ", sender.status)
         return sender, rdv
 
+
+
+class RecycleTimerTests(RelayUnitTest):
+    config_overrides = {"listener-recycle": 100}
+
+    def test_recycled_after_configured_lifetime(self) -> None:
+        conn = self.listen()
+        self.clock.advance(89)
+        self.assertEqual(conn.frames(), [])
+        self.clock.advance(11.5)
+        frames = conn.frames()
+        self.assertEqual(frames[0][1], 8)
+        self.assertEqual(int.from_bytes(frames[0][2][:2], "big"), 1011)
 
 
 class RendezvousTests(Joining):
