@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote
@@ -67,6 +68,7 @@ RESPONSE_DROP = frozenset({
     "connection", "content-length", "transfer-encoding", "keep-alive", "upgrade", "trailer", "te",
 })
 MAX_INLINE_BODY = 64 * 1024
+_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name (RFC 9110 token)
 MAX_INLINE_HEADERS = 32 * 1024
 
 
@@ -252,10 +254,11 @@ class HttpMode:
             clean_reason(desc, 200).encode("latin-1", "replace") if desc else None,
         )
         for name, value in response.response_headers.items():
-            if name.lower() in RESPONSE_DROP:
+            if name.lower() in RESPONSE_DROP or not _TOKEN_RE.fullmatch(name):
                 continue
             request.responseHeaders.addRawHeader(
-                name.encode("latin-1", "replace"), value.encode("latin-1", "replace")
+                name.encode("latin-1", "replace"),
+                " ".join(value.splitlines()).encode("latin-1", "replace"),
             )
         request.responseHeaders.addRawHeader(b"Via", f"1.1 {self.hub.config.namespace}".encode())
         if not response.body or request.method == b"HEAD":

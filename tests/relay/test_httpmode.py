@@ -79,12 +79,17 @@ class HttpModeTests(RelayUnitTest):
         self.assertEqual(http.transport.value(), b"")
         listener.text(json.dumps({"response": {"requestId": msg["id"], "statusCode": 207,
                                                "statusDescription": "Multi",
-                                               "responseHeaders": {"X-A": "1"},
+                                               "responseHeaders": {"X-A": "1",
+                                                                   "Bad Name": "x",
+                                                                   "X-B": "a\r\nInjected: 1"},
                                                "body": True}}))
         listener.send(client_frame(2, b"an", fin=False) + client_frame(0, b"swer"))
         code, reason, headers, body = http.response()
         self.assertEqual((code, reason, body), (207, "Multi", b"answer"))
         self.assertEqual(headers["x-a"], "1")
+        self.assertEqual(headers["x-b"], "a Injected: 1")
+        self.assertNotIn("injected", headers)
+        self.assertNotIn("bad name", headers)
         self.assertEqual(headers["via"], "1.1 localhost")
         self.assertEqual(self.hub.pending, {})
 
