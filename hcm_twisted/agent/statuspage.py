@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
@@ -96,6 +97,15 @@ def _reach(value: Any) -> tuple[str, str]:
     return "unknown", "empty"
 
 
+# Azure's error texts carry per-request noise; left out of the one-line reason so that the
+# same error from every worker reads once (the table keeps the full text).
+_NOISE = re.compile(r"\s*(?:TrackingId|SystemTracker):[^,\s]*,?|\s*Timestamp:[^()]*?(?=\s*\(|$)")
+
+
+def _essence(error: str) -> str:
+    return _NOISE.sub("", error).strip()
+
+
 def why_not_connected(hc: Mapping[str, Any]) -> str:
     """Why an HC is not Connected ("" when it is): its error, else each worker's state/error."""
     if hc.get("connected"):
@@ -107,7 +117,7 @@ def why_not_connected(hc: Mapping[str, Any]) -> str:
         if not isinstance(w, Mapping):
             continue
         state = str(w.get("state") or "?")
-        reason = f"{state}: {w['last_error']}" if w.get("last_error") else state
+        reason = f"{state}: {_essence(str(w['last_error']))}" if w.get("last_error") else state
         if reason not in seen:
             seen.append(reason)
     return "; ".join(seen) if seen else "no worker is running"
@@ -209,6 +219,9 @@ def render_page(
         f'<header><h1>hcm status</h1><span id="summary">{_e(summary)}</span>'
         f'<span id="updated">updated {_e(stamp)}</span></header>'
         f'<main id="hcs" data-status-url="{_e(status_url)}">{body}</main>'
+        f'<footer>JSON: <a href="{_e(status_url)}">{_e(status_url)}</a> · '
+        'Prometheus: <a href="/metrics">/metrics</a> · refreshes every '
+        f"{REFRESH_SECONDS} s</footer>"
         f"<script>{_JS}</script>"
         "</body></html>\n"
     )

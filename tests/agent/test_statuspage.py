@@ -89,6 +89,22 @@ class RenderTests(SynchronousTestCase):
         self.assertIn("web&lt;script&gt;alert(1)&lt;/script&gt;", page)
         self.assertEqual(page.count("<script>"), 1)
         self.assertIn('data-status-url="/status"', page)
+        self.assertIn('<a href="/status">/status</a>', page)
+        self.assertIn('<a href="/metrics">/metrics</a>', page)
+
+    def test_reason_without_azure_noise(self) -> None:
+        err = ("HTTP 404 Endpoint does not exist. TrackingId:%s_G0, SystemTracker:sb://ns/crm, "
+               "Timestamp:11/29/2026 05:34:07 AM (the Hybrid Connection does not exist)")
+        hc = {"name": "crm", "connected": False, "workers": [
+            {"worker": 0, "state": "failed", "last_error": err % "ac559b48"},
+            {"worker": 1, "state": "failed", "last_error": err % "f218350f"},
+        ]}
+        self.assertEqual(
+            statuspage.why_not_connected(hc),
+            "failed: HTTP 404 Endpoint does not exist. (the Hybrid Connection does not exist)")
+        page = statuspage.render_page([hc], now=NOW)
+        self.assertIn("TrackingId:ac559b48_G0", page)  # the table keeps the whole error
+        self.assertIn("TrackingId:f218350f_G0", page)
 
     def test_empty(self) -> None:
         page = statuspage.render_page([], now=NOW)
@@ -185,6 +201,12 @@ class BrowserTests(TestCase):
         changed[2]["connected"] = True
         changed[2]["error"] = None
         changed[2]["name"] = "nometa-now-up"
+        noisy = ("HTTP 404 Endpoint does not exist. TrackingId:%s_G0, SystemTracker:sb://ns/x, "
+                 "Timestamp:11/29/2026 05:34:07 AM (the Hybrid Connection does not exist)")
+        changed[1]["workers"] = [
+            {"worker": 0, "state": "failed", "last_error": noisy % "aaaa"},
+            {"worker": 1, "state": "failed", "last_error": noisy % "bbbb"},
+        ]
         status = _Json(changed)
         root = resource.Resource()
         root.putChild(b"", statuspage.StatusPage(lambda: STATUS))
@@ -210,6 +232,9 @@ class BrowserTests(TestCase):
         self.assertIn("nometa-now-up", dom)
         self.assertIn("3 hybrid connections, 2 connected", dom)
         self.assertIn("<td>999</td>", dom)
+        # status.js shortens the reason like statuspage.py (one line for both workers).
+        self.assertIn('<p class="why">failed: HTTP 404 Endpoint does not exist. (the Hybrid '
+                      'Connection does not exist)</p>', dom)
         self.assertIn("<dd>3 open, 1006 accepted, 2 rejected</dd>", dom)
         self.assertIn('<span id="updated" class="">updated ', dom)
         self.assertNotIn('class="stale"', dom)

@@ -29,12 +29,14 @@
     if (v === false) { return ["no", "no"]; }
     return ["unknown", "empty"];
   }
+  var noise = /\s*(?:TrackingId|SystemTracker):[^,\s]*,?|\s*Timestamp:[^()]*?(?=\s*\(|$)/g;
+  function essence(e) { return String(e).replace(noise, "").trim(); }
   function why(hc) {
     if (hc.connected) { return ""; }
     if (hc.error) { return String(hc.error); }
     var ws = hc.workers || [], seen = [];
     ws.forEach(function (w) {
-      var r = w.last_error ? String(w.state || "?") + ": " + String(w.last_error) : String(w.state || "?");
+      var r = w.last_error ? String(w.state || "?") + ": " + essence(w.last_error) : String(w.state || "?");
       if (seen.indexOf(r) < 0) { seen.push(r); }
     });
     return seen.length ? seen.join("; ") : "no worker is running";
