@@ -167,7 +167,7 @@ class PatternClient(protocol.Protocol):
             self.closed.callback(self)
 
     def describe(self) -> str:
-        why = "" if self.reason is None else f" ({self.reason.type.__name__})"
+        why = "" if self.reason is None else f" ({getattr(self.reason.type, '__name__', '?')})"
         return (f"<{self.size} B: wrote {self.written}, got {self.count}, in order "
                 f"{self.in_order}, clean {self.clean}{why}>")
 
