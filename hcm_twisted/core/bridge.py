@@ -689,6 +689,11 @@ class WebSocketClientLeg(WebSocketLeg, WebSocketClientProtocol):  # type: ignore
 
     handshake_status: int | None = None
     handshake_reason: str | None = None
+    lost_reason: Failure | None = None
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost_reason = reason  # before autobahn's onClose asks for the failure text
+        super().connectionLost(reason)
 
     def failHandshake(self, reason: str) -> None:
         # autobahn: "WebSocket connection upgrade failed [404]: Endpoint does not exist."
@@ -705,6 +710,10 @@ class WebSocketClientLeg(WebSocketLeg, WebSocketClientProtocol):  # type: ignore
             return reason
         if self.handshake_status is not None:
             return f"{self.handshake_status} {self.handshake_reason or ''}".strip()
+        lost = self.lost_reason
+        if lost is not None and type(lost.value).__name__ == "VerificationError":
+            # service_identity: the certificate is not for this host name.
+            return f"TLS: certificate verify failed: {str(lost.value)[:200]}"
         was_not_clean = getattr(self, "wasNotCleanReason", None)
         return was_not_clean or reason
 
