@@ -15,8 +15,12 @@ through the retry policy:
 - a channel that stayed up at least ``STABLE_AFTER`` seconds resets the count.
 
 States: ``connecting`` -> ``connected`` -> (drop) -> ``backing-off`` or
-``failed`` (401/403/404: needs an operator or a new token) -> ``connecting``
-... and ``stopped``.
+``failed`` (401/403/404 or TLS verification: needs an operator or a new token;
+the reason is in ``last_error``) -> ``connecting`` ... and ``stopped``.  A new
+token (:meth:`Listener.renew`) after a 401/403 reconnects at once.
+
+Keep-alive: WebSocket pings every ``ping_interval`` (30 s); no pong within
+``min(ping_interval, 15)`` s drops the channel, which then reconnects.
 
 Control messages: ``accept`` goes to the :class:`~hcm_twisted.agent.rendezvous.Acceptor`;
 HTTP ``request`` is answered 501 (this agent forwards TCP only); anything
