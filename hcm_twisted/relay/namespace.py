@@ -75,6 +75,8 @@ class RelayConfig:
     log_requests: bool = False
     metrics: str | None = None
     listener_recycle: float = 0.0
+    log_format: str = "text"
+    log_level: str = "info"
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -89,7 +91,7 @@ _TOP_KEYS = {
     "namespace", "aliases", "endpoint", "state", "authorization-rule", "hybrid-connection",
     "token-grace", "accept-timeout", "request-timeout", "max-listeners", "handshake-timeout",
     "close-timeout", "half-close-timeout", "ping-interval", "log-requests", "metrics",
-    "listener-recycle",
+    "listener-recycle", "log-format", "log-level",
 }
 _HC_KEYS = {"name", "requires-client-authorization", "user-metadata", "authorization-rule"}
 _RULE_KEYS = {"name", "rights", "primary-key", "secondary-key"}
@@ -230,7 +232,21 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | str = ".") -> RelayCo
         log_requests=_bool(data, "log-requests", where, False),
         metrics=_text(data, "metrics", where),
         listener_recycle=_number(data, "listener-recycle", 0.0),
+        log_format=_log_setting(data, "log-format", "text"),
+        log_level=_log_setting(data, "log-level", "info"),
     )
+
+
+def _log_setting(data: Mapping[str, Any], key: str, default: str) -> str:
+    from hcm_twisted.core import logging as hcm_logging
+
+    value = data.get(key, default)
+    if not isinstance(value, str):
+        raise MalformedInput(f"relay config: {key!r} must be a string")
+    if key == "log-format":
+        return hcm_logging.check_format(value, key)
+    hcm_logging.parse_level(value, key)
+    return value
 
 
 def load_config(path: str | Path) -> RelayConfig:

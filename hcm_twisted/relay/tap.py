@@ -134,8 +134,11 @@ class RelayService(service.MultiService):
         return port
 
 
-def makeService(options: usage.Options) -> service.MultiService:
+def makeService(options: usage.Options) -> service.IService:
+    from hcm_twisted.core import logging as hcm_logging
+
     config = options["relay-config"] if "relay-config" in options else None
     if config is None:
         config = load_config(options["config"])
-    return RelayService(config)
+    relay = RelayService(config)
+    return hcm_logging.configure(options, relay, config.log_format, config.log_level)

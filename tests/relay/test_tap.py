@@ -25,6 +25,13 @@ class TapTests(unittest.TestCase):
         with self.assertRaises(usage.UsageError):
             tap.Options().parseOptions([])
 
+    def test_log_settings_checked(self) -> None:
+        for key, value in (("log-format", "xml"), ("log-level", "loud")):
+            path = self.write(**{key: value})
+            with self.assertRaises(usage.UsageError) as ctx:
+                tap.Options().parseOptions(["--config", str(path)])
+            self.assertIn(key, str(ctx.exception))
+
     def test_bad_config_is_a_usage_error_naming_the_key(self) -> None:
         path = self.write(bogus=1)
         with self.assertRaises(usage.UsageError) as ctx:
@@ -50,4 +57,5 @@ class TapTests(unittest.TestCase):
         self.assertEqual(tap.endpoint_description(options["relay-config"]),
                          ("tcp:0:interface=127.0.0.1", None))
         svc = tap.makeService(options)
-        self.assertIsInstance(svc, tap.RelayService)
+        relays = [svc] if isinstance(svc, tap.RelayService) else list(svc)  # type: ignore[call-overload]
+        self.assertIsInstance(relays[0], tap.RelayService)
