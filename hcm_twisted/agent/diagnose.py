@@ -585,8 +585,9 @@ def render_text(name: str, steps: Sequence[Step]) -> str:
     for s in steps:
         took = f"  ({s.seconds * 1000:.0f} ms)" if s.seconds is not None else ""
         lines.append(f"  [{marks.get(s.verdict, s.verdict)}] {s.name:<13} {s.detail}{took}")
-        if s.advice and s.verdict in (FAIL, WARN):
-            lines.append(f"         {'':<13} next: {s.advice}")
+        if s.advice and s.verdict != OK:
+            label = "next" if s.verdict != SKIP else "hint"
+            lines.append(f"         {'':<13} {label}: {s.advice}")
     failed = [s.name for s in steps if s.verdict == FAIL]
     lines.append(f"result: {'FAILED at ' + failed[0] if failed else 'all checks passed'}")
     return "\n".join(lines) + "\n"
