@@ -23,6 +23,7 @@ metric                                    type     labels / meaning
 ``hcm_token_expiry_seconds``              gauge    ``hc``, ``worker``: seconds until then (< 0: past)
 ``hcm_worker_info``                       gauge    ``worker``, ``pid``: always 1
 ``hcm_worker_restarts_total``             counter  ``worker``
+``hcm_build_info``                        gauge    ``version``: always 1
 ========================================  =======  ===============================================
 
 ``worker`` is the worker's slot number (stable across restarts), or its pid
@@ -65,6 +66,14 @@ def _number(value: Any) -> float | None:
     if isinstance(value, int | float) and math.isfinite(value):
         return float(value)
     return None
+
+
+def _version() -> str:
+    try:
+        from hcm_twisted import __version__
+    except ImportError:  # pragma: no cover
+        return "unknown"
+    return str(__version__)
 
 
 def _worker_label(worker: Mapping[str, Any]) -> str:
@@ -147,6 +156,10 @@ class _AgentCollector:
             "hcm_worker_restarts", "Times the worker process was restarted", labels=["worker"]
         )
         seen_workers: set[str] = set()
+        build = GaugeMetricFamily(
+            "hcm_build_info", "The hcm-twisted version (value always 1)", labels=["version"]
+        )
+        build.add_metric([_version()], 1.0)
 
         for hc in self._status:
             if not isinstance(hc, Mapping):
@@ -191,7 +204,7 @@ class _AgentCollector:
                     if value is not None:
                         restarts.add_metric([wl], value)
 
-        yield from (connected, info, up, state, open_, *counters.values(), reachable,
+        yield from (build, connected, info, up, state, open_, *counters.values(), reachable,
                     expiry_at, expiry_in, worker_info, restarts)
 
 

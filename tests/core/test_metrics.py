@@ -110,7 +110,10 @@ class AgentMetricsTests(SynchronousTestCase):
         self.assertEqual(s[key("hcm_hybrid_connection_connected", hc="b")], 0)
 
     def test_empty(self) -> None:
-        self.assertEqual(samples(metrics.exposition(metrics.agent_registry([]))), {})
+        import hcm_twisted
+
+        self.assertEqual(samples(metrics.exposition(metrics.agent_registry([]))),
+                         {key("hcm_build_info", version=hcm_twisted.__version__): 1.0})
 
 
 class RelayMetricsTests(SynchronousTestCase):
