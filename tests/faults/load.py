@@ -27,6 +27,7 @@ class Load:
         self.clients: list[PatternClient] = []
         self.running: set[defer.Deferred[PatternClient]] = set()
         self._stopping = False
+        self._retries: list[Any] = []
 
     def start(self) -> Load:
         for _ in range(self.concurrency):
@@ -47,12 +48,18 @@ class Load:
                 from twisted.internet import reactor
 
                 delay = 0.0 if client.complete else 0.1
-                reactor.callLater(delay, self._one)  # type: ignore[attr-defined]
+                self._retries = [c for c in self._retries if c.active()]
+                self._retries.append(
+                    reactor.callLater(delay, self._one))  # type: ignore[attr-defined]
 
         d.addCallback(done)
 
     async def stop(self) -> list[PatternClient]:
         self._stopping = True
+        for call in self._retries:
+            if call.active():
+                call.cancel()
+        self._retries = []
         await defer.gatherResults(list(self.running), consumeErrors=True)
         return self.clients
 

@@ -11,7 +11,6 @@ Timings are short for CI; ``HCM_FAULT_SCALE`` (default 1) multiplies the load ph
 from __future__ import annotations
 
 import os
-import re
 import signal
 import time
 from pathlib import Path
@@ -135,6 +134,11 @@ class FaultTests(TestCase):
         self.addCleanup(self.check_secrets)
         self.port = self.stack.sender_ports["hc1"]
 
+    def load(self, port: int, **kw: Any) -> Load:
+        load = Load(port, **kw)
+        self.addCleanup(lambda: defer.ensureDeferred(load.stop()))
+        return load
+
     def check_secrets(self) -> None:
         found = secret_findings(self.stack.logs(), harness.TEST_KEYS.values())
         self.assertEqual(found, [], "a key or token signature in a log")
@@ -150,7 +154,7 @@ class FaultTests(TestCase):
     async def _relay_killed(self) -> None:
         relay = self.stack.relay
         assert relay is not None and relay.proc is not None
-        load = Load(self.port, concurrency=4, size=1 << 20, rate=1 << 20).start()
+        load = self.load(self.port, concurrency=4, size=1 << 20, rate=1 << 20).start()
         await wait_until(lambda: len(load.completed()) >= 4, 20 * SCALE, what="first transfers")
         relay.proc.kill()
         killed = time.monotonic()
@@ -180,7 +184,7 @@ class FaultTests(TestCase):
         agent = self.stack.agent
         assert agent is not None
         before = agent.output().count("control channel connected: hc1")
-        load = Load(self.port, concurrency=4, size=512 << 10, rate=1 << 20).start()
+        load = self.load(self.port, concurrency=4, size=512 << 10, rate=1 << 20).start()
         await wait_until(lambda: len(load.completed()) >= 4, 20, what="first transfers")
         # ping-interval 1 s gives a pong timeout of 1 s: pause for twice that and a bit.
         relay.proc.signal(signal.SIGSTOP)
@@ -199,6 +203,41 @@ class FaultTests(TestCase):
         summary = check_no_loss(self, clients)
         self.report("relay SIGSTOP 2.5 s + SIGCONT", summary)
 
+    def test_relay_recycles_control_channels(self) -> defer.Deferred[Any]:
+        return _d(self._recycled())
+
+    async def _recycled(self) -> None:
+        """The relay closes every control channel with 1011 (SIGUSR1, as Azure's recycle)
+        twice under load: the workers reconnect at once each time; open transfers finish.
+
+        The rounds are 11 s apart: a channel that lived less than the listener's
+        STABLE_AFTER (10 s) reconnects with backoff, by design."""
+        relay = self.stack.relay
+        agent = self.stack.agent
+        assert relay is not None and relay.proc is not None and agent is not None
+
+        def connects() -> int:
+            return agent.output().count("control channel connected: hc1")
+
+        load = self.load(self.port, concurrency=4, size=1 << 20, rate=1 << 20).start()
+        await wait_until(lambda: len(load.completed()) >= 4, 20, what="first transfers")
+        for round_ in range(2):
+            want = connects() + 2
+            relay.proc.signal(signal.SIGUSR1)
+            await wait_until(lambda w=want: connects() >= w, 10,  # type: ignore[misc]
+                             what=f"recycle {round_ + 1}: both workers reconnected hc1")
+            if round_ == 0:
+                await sleep(11.0)
+        self.assertEqual(relay.output().count("SIGUSR1: recycled"), 2)
+        self.assertIn("control channel hc1 closed (closed: 1011", agent.output())
+        last = time.monotonic()
+        await wait_until(lambda: len(load.completed(after=last)) >= 2, 20, what="transfers after")
+        clients = await load.stop()
+        summary = check_no_loss(self, clients)
+        # A transfer that had its rendezvous never depends on the control channel.
+        self.report("relay recycle (1011) x2", summary)
+        self.assertLessEqual(summary["failed"], 2 * 4, "only connects in the reconnect gap")
+
     # -- the agent -----------------------------------------------------------------------
 
     def test_worker_kill9_under_load(self) -> defer.Deferred[Any]:
@@ -215,7 +254,7 @@ class FaultTests(TestCase):
     async def _worker_killed(self, visible: bool) -> None:
         workers = self.stack.worker_pids()
         self.assertEqual(len(workers), 2)
-        load = Load(self.port, concurrency=8, size=2 << 20, rate=1 << 20).start()
+        load = self.load(self.port, concurrency=8, size=2 << 20, rate=1 << 20).start()
         await wait_until(lambda: len(self.echo.factory.open) >= 6, 20, what="transfers open")
         await sleep(0.5)
         victim, survivor = workers
@@ -261,7 +300,7 @@ class FaultTests(TestCase):
         return _d(self._refusing())
 
     async def _refusing(self) -> None:
-        load = Load(self.port, concurrency=2, size=256 << 10).start()
+        load = self.load(self.port, concurrency=2, size=256 << 10).start()
         started = time.monotonic()
         refused = await defer.gatherResults(
             [run_pattern(self.stack.sender_ports["down"], 10_000, timeout=10)
@@ -333,18 +372,3 @@ class FaultTests(TestCase):
             self.assertLess(peak[p] - before[p], 8 << 20, f"worker {p} grew {grown[p]} KiB")
         client2 = await run_pattern(self.port, 256 << 10)
         self.assertTrue(client2.complete, client2.describe())
-
-
-class NoRecycleHook(TestCase):
-    """The relay has no way to recycle (close with 1011) control channels on demand."""
-
-    def test_relay_has_a_recycle_hook(self) -> None:
-        from hcm_twisted.relay import namespace
-
-        text = Path(namespace.__file__).read_text() + Path(
-            namespace.__file__).with_name("server.py").read_text()
-        self.assertTrue(re.search(r"recycle", text, re.I),
-                        "no forced-recycle hook or config in hcm_twisted/relay")
-
-    test_relay_has_a_recycle_hook.todo = (  # type: ignore[attr-defined]
-        "hcm-relay has no forced control-channel recycle (close 1011); see fault-notes.md")
