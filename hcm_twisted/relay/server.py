@@ -289,7 +289,11 @@ class Hub:
         return [p for p in self.listeners.get(entity.name.lower(), []) if p.is_live_listener()]
 
     def count_listeners(self, entity: Entity) -> int:
-        return len(self.listeners.get(entity.name.lower(), []))
+        """Listeners that count against the limit (connecting or open, not closing)."""
+        return sum(
+            1 for p in self.listeners.get(entity.name.lower(), [])
+            if p.state in (p.STATE_CONNECTING, p.STATE_OPEN)
+        )
 
     def add_listener(self, entity: Entity, protocol: RelayProtocol) -> None:
         self.listeners.setdefault(entity.name.lower(), []).append(protocol)

@@ -183,6 +183,18 @@ class Joining(RelayUnitTest):
 
 
 
+class OneListenerTests(RelayUnitTest):
+    config_overrides = {"max-listeners": 1}
+
+    def test_closing_listener_does_not_count(self) -> None:
+        first = self.listen()
+        refused = self.open("/$hc/hc1?sb-hc-action=listen",
+                            {"ServiceBusAuthorization": listen_token(now=self.now())})
+        self.assertIn(" 403 ", refused.status)
+        first.text(b"garbage")  # the relay closes it (1008); it is on its way out
+        self.listen()
+
+
 class RecycleTimerTests(RelayUnitTest):
     config_overrides = {"listener-recycle": 100}
 
