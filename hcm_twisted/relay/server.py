@@ -26,7 +26,6 @@ Roles of a :class:`RelayProtocol`:
 from __future__ import annotations
 
 import datetime
-import json
 import random
 import struct
 import uuid
@@ -1025,4 +1024,4 @@ def build(
     return hub, SniffingFactory(ws_factory, site, reactor, namespace.config.handshake_timeout)
 
 
-__all__ = ["Hub", "RelayProtocol", "RelayServerFactory", "SniffingFactory", "build", "json"]
+__all__ = ["Hub", "RelayProtocol", "RelayServerFactory", "SniffingFactory", "build"]
