@@ -123,6 +123,12 @@ class HttpModeTests(RelayUnitTest):
         rdv.send(client_frame(2, b"x" * 100_000, fin=False))
         # Streamed to the sender as it arrives.
         self.assertIn(b"x" * 1000, http.transport.value())
+        # A slow HTTP client pauses the rendezvous it is fed from.
+        channel: Any = http.transport.producer
+        channel.pauseProducing()
+        self.assertEqual(rdv.transport.producerState, "paused")
+        channel.resumeProducing()
+        self.assertEqual(rdv.transport.producerState, "producing")
         rdv.send(client_frame(0, b"y", fin=True))
         code, _, _, body = http.response()
         self.assertEqual((code, len(body), body[-1:]), (200, 100_001, b"y"))
