@@ -81,7 +81,7 @@ scalars = st.one_of(
 values = st.recursive(scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
     max_leaves=6)
-key_names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1,
+key_names = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1,
                     max_size=20)
 
 
