@@ -244,6 +244,27 @@ class Hub:
             for d in waiting:
                 d.callback(None)
 
+    def apply_namespace(self, new: Namespace) -> dict[str, list[str]]:
+        """Switch to a re-read namespace (a reload).
+
+        Live connections move to the new entity objects; listeners of deleted
+        hybrid connections are closed with 1001 (as Azure does).  Joined
+        connections of a deleted HC keep flowing until they end.
+        """
+        old = self.namespace
+        added = [e.name for k, e in new.entities.items() if k not in old.entities]
+        removed = [e.name for k, e in old.entities.items() if k not in new.entities]
+        self.namespace = new
+        for proto in list(self.connections):
+            if proto.entity is None:
+                continue
+            replacement = new.entities.get(proto.entity.name.lower())
+            if replacement is not None:
+                proto.entity = replacement
+            elif proto.role == "listen":
+                proto._send_close(1001, "The hybrid connection was deleted or disabled.")
+        return {"added": added, "removed": removed}
+
     def recycle_listeners(self, hc: str | None = None) -> int:
         """Close live control channels with 1011, as Azure's periodic listener recycle does.
 

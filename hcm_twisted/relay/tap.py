@@ -1,8 +1,10 @@
 # -*- test-case-name: tests.relay.test_tap -*-
 """``twistd hcm-relay --config PATH``: the local Azure Relay Hybrid Connections stand-in.
 
-SIGUSR1 recycles every listener control channel (close 1011, like Azure's periodic
-listener recycle); the config key ``listener-recycle`` does it per channel on a timer.
+SIGHUP re-reads the config file (hybrid connections, rules, keys, metadata; listeners
+of deleted HCs are closed with 1001).  SIGUSR1 recycles every listener control channel
+(close 1011, like Azure's periodic listener recycle); the config key
+``listener-recycle`` does it per channel on a timer.
 """
 
 from __future__ import annotations
@@ -64,8 +66,12 @@ def _escape(path: str) -> str:
 class RelayService(service.MultiService):
     """Opens the namespace and listens; logs ``hcm-relay listening on ...`` when ready."""
 
-    def __init__(self, config: RelayConfig, reactor: Any = None) -> None:
+    def __init__(
+        self, config: RelayConfig, reactor: Any = None, config_path: str | None = None
+    ) -> None:
         super().__init__()
+        self.config_path = config_path
+        self._old_hup: Any = None
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
@@ -94,6 +100,38 @@ class RelayService(service.MultiService):
             )
             metrics.setServiceParent(self)
 
+    def _on_sighup(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self.reload)
+
+    def reload(self) -> bool:
+        """Re-read the config file: hybrid connections, rules, keys, metadata, timeouts.
+
+        ``endpoint`` and ``metrics`` changes need a restart.  A bad file is
+        logged and the running configuration kept.  Returns whether it applied.
+        """
+        if self.config_path is None:
+            _log.warn("reload: no config file to re-read")
+            return False
+        try:
+            config = load_config(self.config_path)
+            namespace = Namespace.open(config)
+        except (MalformedInput, OSError) as e:
+            _log.error("reload of {path} failed, keeping the running config: {error}",
+                       path=self.config_path, error=str(e))
+            return False
+        old = self.relay_config
+        if (config.endpoint, config.metrics) != (old.endpoint, old.metrics):
+            _log.warn("reload: 'endpoint' and 'metrics' changes take effect after a restart")
+        changes = self.hub.apply_namespace(namespace)
+        self.namespace = namespace
+        self.relay_config = config
+        _log.info(
+            "reloaded {path}: {n} hybrid connection(s) (added: {added}; removed: {removed})",
+            path=self.config_path, n=len(config.hybrid_connections),
+            added=", ".join(changes["added"]) or "-", removed=", ".join(changes["removed"]) or "-",
+        )
+        return True
+
     def _on_sigusr1(self, signum: int, frame: Any) -> None:
         self.reactor.callFromThread(self._recycle_all)
 
@@ -104,8 +142,9 @@ class RelayService(service.MultiService):
     def startService(self) -> None:
         try:
             self._old_usr1 = signal.signal(signal.SIGUSR1, self._on_sigusr1)
+            self._old_hup = signal.signal(signal.SIGHUP, self._on_sighup)
         except ValueError:  # not the main thread (tests)
-            self._old_usr1 = None
+            self._old_usr1 = self._old_hup = None
         if not _autobahn_websocket.USES_NVX:
             _log.warn("autobahn NVX acceleration is not in use: WebSocket masking will be slow")
         if self.ca_path:
@@ -120,6 +159,9 @@ class RelayService(service.MultiService):
         if self._old_usr1 is not None:
             signal.signal(signal.SIGUSR1, self._old_usr1)
             self._old_usr1 = None
+        if self._old_hup is not None:
+            signal.signal(signal.SIGHUP, self._old_hup)
+            self._old_hup = None
         d = defer.maybeDeferred(super().stopService)
         d.addBoth(lambda _: self.hub.shutdown(self.relay_config.close_timeout))
         return d
@@ -140,5 +182,5 @@ def makeService(options: usage.Options) -> service.IService:
     config = options["relay-config"] if "relay-config" in options else None
     if config is None:
         config = load_config(options["config"])
-    relay = RelayService(config)
+    relay = RelayService(config, config_path=options["config"])
     return hcm_logging.configure(options, relay, config.log_format, config.log_level)

@@ -383,6 +383,27 @@ class KeyTests(RelayTestCase):
         await self.listen()
 
 
+    async def test_sighup_reloads_hybrid_connections(self) -> None:
+        """SIGHUP: a new HC can be used at once; listeners of a removed HC get 1001."""
+        import signal
+
+        from tests.e2e.relayfixture import relay_toml
+
+        listener = await self.listen()
+        assert self.relay.proc is not None
+        self.relay.config_path.write_text(relay_toml(self.port, ("added",)))
+        self.relay.proc.signal(signal.SIGHUP)
+        code, _ = await listener.closed
+        self.assertEqual(code, 1001)
+        self.relay.proc.wait_log(r"reloaded .*added: added; removed: hc1", timeout=10)
+        await self.listen("added")
+        # A broken file is refused and the running config kept.
+        self.relay.config_path.write_text("namespace = [")
+        self.relay.proc.signal(signal.SIGHUP)
+        self.relay.proc.wait_log(r"reload of .* failed", timeout=10)
+        await self.listen("added")
+
+
 class MetricsTests(RelayTestCase):
     def setUp(self) -> None:
         from tests.e2e.harness import free_port

@@ -195,6 +195,31 @@ class OneListenerTests(RelayUnitTest):
         self.listen()
 
 
+class ReloadTests(RelayUnitTest):
+    def test_apply_namespace(self) -> None:
+        """A reload adds HCs, closes listeners of deleted ones (1001), keeps the others."""
+        from pathlib import Path
+
+        from hcm_twisted.relay.namespace import Namespace, parse_config
+        from tests.relay.common import config_dict
+
+        kept, gone = self.listen(), self.listen("open")
+        data = config_dict()
+        data["hybrid-connection"] = [data["hybrid-connection"][0],
+                                     {"name": "new", "authorization-rule":
+                                      data["hybrid-connection"][0]["authorization-rule"]}]
+        new = Namespace.open(parse_config(data, Path(self.namespace.config.state).parent))
+        self.assertEqual(self.hub.apply_namespace(new), {"added": ["new"], "removed": ["open"]})
+        frames = gone.frames()
+        self.assertEqual(int.from_bytes(frames[0][2][:2], "big"), 1001)
+        self.assertEqual(kept.frames(), [])
+        self.assertIs(kept.proto.entity, new.entities["hc1"])
+        self.listen("new")
+        refused = self.open("/$hc/open?sb-hc-action=listen",
+                            {"ServiceBusAuthorization": listen_token("open", now=self.now())})
+        self.assertIn(" 404 ", refused.status)
+
+
 class RecycleTimerTests(RelayUnitTest):
     config_overrides = {"listener-recycle": 100}
 
