@@ -92,6 +92,7 @@ class TokenTests(TestCase):
         load = self.load(concurrency=2, size=128 << 10, rate=512 << 10).start()
         await wait_until(lambda: len(load.completed()) >= 4, 20, what="first transfers")
         # 1. The agent moves to the secondary key.
+        connects_before = self.connects()
         doc = stack.agent_document()
         doc["hybrid-connection"][0]["connection-string"] = secondary_cs
         stack.write_agent_config(doc)
@@ -115,6 +116,8 @@ class TokenTests(TestCase):
             client.dropConnection(abort=True)
             self.fail("the regenerated primary key still works")
         rotated = time.monotonic()
+        # operations.md: "no channel is reopened" -- the workers renewed on their channels.
+        self.assertEqual(self.connects(), connects_before, "a control channel was reopened")
         failed_before = [c for c in load.clients if not c.complete]
         # 3. Channels opened from now on must use the secondary key.  The recycle comes
         # after channels lived > 10 s (listener STABLE_AFTER) so they reconnect at once.
