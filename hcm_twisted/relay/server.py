@@ -868,13 +868,17 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             if peer is not None:
                 peer.peer_leg = None
                 unjoin(self, peer)
+                # A leg lost without a closing handshake (crash, kill, network) may have cut
+                # its stream short: say so with 1011, so that the other side does not take it
+                # for a graceful end (1000/1001) and pass on a truncated stream as complete.
+                code, reason = (1001, b"The other side went away.") if self.wasClean else (
+                    1011, b"The other side was lost.")
                 if peer.state == peer.STATE_OPEN and peer._got_close:
                     # The peer's own Close was waiting for this side's answer.
-                    peer.sendCloseFrame(code=1001, reasonUtf8=b"The other side went away.",
-                                        isReply=True)
+                    peer.sendCloseFrame(code=code, reasonUtf8=reason, isReply=True)
                     peer.dropConnection(abort=False)
                 elif peer.state == peer.STATE_OPEN:
-                    peer._send_close(1001, "The other side went away.")
+                    peer._send_close(code, reason.decode())
                 elif peer.state == peer.STATE_CLOSING:
                     peer.dropConnection(abort=False)
         elif self.role == "request" and self.hub.http is not None:

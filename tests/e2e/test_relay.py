@@ -215,11 +215,12 @@ class ConnectTests(RelayTestCase):
         self.assertEqual(code, 1000)
         self.assertTrue(sender.wasClean)
 
-    async def test_sender_drop_closes_leg_1001(self) -> None:
+    async def test_sender_lost_closes_leg_1011(self) -> None:
+        """A sender lost without a Close: the listener's leg gets 1011 (maybe truncated)."""
         _, sender, rdv, _ = await self.pair()
         sender.transport.abortConnection()
         code, _ = await rdv.closed
-        self.assertEqual(code, 1001)
+        self.assertEqual(code, 1011)
 
     async def test_slow_reader_pauses_writer(self) -> None:
         """A reader that stops reading pauses the writer: the relay's memory stays bounded."""

@@ -341,15 +341,16 @@ class RendezvousTests(Joining):
         sender.send(close_frame(1000))
         rdv.proto.connectionLost(server.Failure(ConnectionError("gone")))
         frames = sender.frames()
-        self.assertEqual(frames, [(True, 8, b"\x03\xe9The other side went away.")])
+        self.assertEqual(frames, [(True, 8, b"\x03\xf3The other side was lost.")])
         self.assertTrue(sender.transport.disconnecting)
 
-    def test_lost_leg_closes_other_1001(self) -> None:
+    def test_lost_leg_closes_other_1011(self) -> None:
+        """A leg lost without a closing handshake: the other gets 1011, not a graceful code."""
         sender, rdv = self.joined()
         sender.proto.connectionLost(server.Failure(ConnectionError("gone")))
         frames = rdv.frames()
         self.assertEqual(frames[0][1], 8)
-        self.assertEqual(int.from_bytes(frames[0][2][:2], "big"), 1001)
+        self.assertEqual(int.from_bytes(frames[0][2][:2], "big"), 1011)
 
     def test_sender_gone_before_accept(self) -> None:
         listener = self.listen()
