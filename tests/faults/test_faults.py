@@ -246,11 +246,6 @@ class FaultTests(TestCase):
     def test_worker_kill9_visible_to_the_app(self) -> defer.Deferred[Any]:
         return _d(self._worker_killed(visible=True))
 
-    test_worker_kill9_visible_to_the_app.todo = (  # type: ignore[attr-defined]
-        "hcm-relay closes the surviving leg with 1001 when its peer vanished (relay/server.py "
-        "RelayProtocol._teardown), so the sender ends the app's connection with a clean FIN "
-        "after partial data; see /work/fault-notes.md")
-
     async def _worker_killed(self, visible: bool) -> None:
         workers = self.stack.worker_pids()
         self.assertEqual(len(workers), 2)
