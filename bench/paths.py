@@ -75,12 +75,13 @@ def tree(pid: int) -> list[int]:
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of these processes (not of their reaped children)."""
+    """utime + stime of these processes, plus that of their reaped children (socat's forks)."""
     total = 0
     for pid in pids:
         st = _stat(pid)
         if st is not None:
-            total += int(st[11]) + int(st[12])  # utime, stime (fields 14, 15)
+            # utime, stime, cutime, cstime (fields 14-17 of /proc/PID/stat)
+            total += int(st[11]) + int(st[12]) + int(st[13]) + int(st[14])
     return total / CLK_TCK
 
 

@@ -72,6 +72,20 @@ def cpu_snapshot(p: Path) -> dict[str, float]:
     return {role: paths.cpu_seconds(p.pids(role)) for role in p.roles}
 
 
+def settle(p: Path, timeout: float = 60.0) -> float:
+    """Wait (bounded) until the path's processes are idle again, e.g. after closing
+    thousands of connections; returns the seconds waited."""
+    t0 = time.monotonic()
+    before = sum(cpu_snapshot(p).values())
+    while time.monotonic() - t0 < timeout:
+        time.sleep(0.5)
+        now = sum(cpu_snapshot(p).values())
+        if now - before < 0.05:  # under 10 % of one CPU
+            break
+        before = now
+    return time.monotonic() - t0
+
+
 def measure(p: Path, args: argparse.Namespace, budget: Budget,
             profile_hook: Callable[[Path, int], dict[str, Any]] | None) -> dict[str, Any]:
     out: dict[str, Any] = {"notes": p.notes, "skipped": []}
@@ -159,6 +173,7 @@ def measure(p: Path, args: argparse.Namespace, budget: Budget,
 
             out["hold"] = load.hold_connections(p.port, args.conns, on_held,
                                                 time_limit=args.hold_seconds)
+            out["hold"]["teardown_seconds"] = settle(p)
         else:
             out["skipped"].append("hold")
 
@@ -204,7 +219,7 @@ def make_profiler(outdir: FsPath, seconds: float) -> Callable[[Path, int], dict[
                                          time_limit=max(1.0, stop - time.monotonic()))
                 moved = r["ok"]
             while direction != "connect" and time.monotonic() < stop:
-                r = load.transfer(p.port, direction, 1, size, time_limit=seconds)
+                r = load.transfer(p.port, direction, 1, size, time_limit=seconds + 20)
                 moved += r.get("bytes", 0)
             for _role, _raw, proc in procs:
                 try:
