@@ -241,9 +241,6 @@ class FaultTests(TestCase):
     # -- the agent -----------------------------------------------------------------------
 
     def test_worker_kill9_under_load(self) -> defer.Deferred[Any]:
-        return _d(self._worker_killed(visible=False))
-
-    def test_worker_kill9_visible_to_the_app(self) -> defer.Deferred[Any]:
         return _d(self._worker_killed(visible=True))
 
     async def _worker_killed(self, visible: bool) -> None:
