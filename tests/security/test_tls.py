@@ -77,6 +77,11 @@ class TlsFailures(TestCase):
         agent_log = stack.agent.output()  # type: ignore[union-attr]
         self.assertNotIn("control channel connected", agent_log)
         self.assertRegex(agent_log, TLS_ERROR)
+        # An error, not a warning: the line reporting the failure is logged at error level.
+        failure_lines = [line for line in agent_log.splitlines()
+                         if "control channel hc1 failed" in line]
+        self.assertTrue(failure_lines)
+        self.assertTrue(all("#error]" in line for line in failure_lines), failure_lines[0])
         print(f"\n{case}: agent status error {item['workers'][0]['last_error']!r}")
         # The sender: the app's connection is closed, no data, the reason logged.
         stack.sender_extra = {"ca-certificates": str(self.ca.path)}  # trust only the test CA
@@ -84,8 +89,11 @@ class TlsFailures(TestCase):
         self.addCleanup(sender.stop)
         client = await run_pattern(stack.sender_ports["hc1"], 10_000, timeout=20)
         self.assertEqual(client.count, 0, client.describe())
-        await wait_until(lambda: TLS_ERROR.search(sender.output().split("listening on", 1)[-1]),
-                         10, what=f"{case}: TLS error in the sender log")
+        await wait_until(lambda: "did not connect it" in sender.output(), 10,
+                         what=f"{case}: the sender's failure line")
+        lines = [line for line in sender.output().splitlines() if "did not connect it" in line]
+        self.assertTrue(all(TLS_ERROR.search(line) for line in lines), lines[0])
+        self.assertTrue(all("#error]" in line for line in lines), lines[0])
         self.assertEqual(self.relay.output().count("listener "), 0)
         self.assertEqual(secret_findings(stack.logs(), harness.TEST_KEYS.values()), [])
 
