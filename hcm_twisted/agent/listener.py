@@ -578,9 +578,9 @@ class Listener:
             self._last_status = None
             self._tls_failed = False
             self.last_error = _describe(f)
-        self._log.warn(
-            "control channel {name} failed: {error}", name=self.name, error=self.last_error
-        )
+        # A TLS failure is an error (a certificate problem needs an operator), not a warning.
+        emit = self._log.error if self._tls_failed else self._log.warn
+        emit("control channel {name} failed: {error}", name=self.name, error=self.last_error)
 
     def _opened(self, channel: ControlProtocol) -> None:
         self._channel = channel

@@ -166,7 +166,10 @@ class Forwarder(Factory):
         self.stats.last_error = reason
         key = reason.split(" ", 1)[0] if reason[:3].isdigit() else reason.split(":", 1)[0]
         self.stats.failures_by_reason[key] = self.stats.failures_by_reason.get(key, 0) + 1
-        self._log.warn(
+        # A TLS failure (certificate not trusted, expired, wrong name) is an error.
+        tls = reason.startswith(("TLS", "SSL")) or "certificate verify failed" in reason
+        emit = self._log.error if tls else self._log.warn
+        emit(
             "{hc}: connection from {peer} closed, the relay did not connect it: {reason}"
             " (id {id})",
             hc=self.hc.name, peer=peer, reason=reason, id=conn_id,
