@@ -304,7 +304,7 @@ def _native_kind(leaf: str) -> str:
     if func in ("malloc", "free", "realloc", "calloc") or func.startswith(("_int_", "__libc_")):
         return "malloc"
     if "libc.so" in where:
-        return "libc (memcpy etc.)"
+        return "libc (memcpy, malloc, syscall stubs; unresolved)"
     return where.rstrip(")") or func
 
 
