@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, threads
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
@@ -174,6 +174,28 @@ class FaultTests(TestCase):
         # The agent reconnected every HC.
         await wait_until(lambda: all(s["connected"] for s in self.stack.status()), 15,
                          what="all HCs connected again")
+
+    def test_relay_stopped_cleanly_under_load(self) -> defer.Deferred[Any]:
+        return _d(self._relay_stopped())
+
+    async def _relay_stopped(self) -> None:
+        """SIGTERM (an upgrade, a service restart): the relay closes every WebSocket with
+        1001; a transfer cut by that must still be visible to its app."""
+        relay = self.stack.relay
+        assert relay is not None and relay.proc is not None
+        load = self.load(self.port, concurrency=4, size=1 << 20, rate=1 << 20).start()
+        await wait_until(lambda: len(load.completed()) >= 4, 20, what="first transfers")
+        stopped = time.monotonic()
+        await threads.deferToThread(relay.stop)
+        relay.start()
+        restarted = time.monotonic()
+        await wait_until(lambda: len(load.completed(after=restarted)) >= 4, 30,
+                         what="transfers after the restart")
+        clients = await load.stop()
+        in_flight = [c for c in clients if c.started < stopped < (c.ended or 0)]
+        summary = check_no_loss(self, clients)
+        summary["in_flight_at_stop"] = len(in_flight)
+        self.report("relay SIGTERM + start", summary)
 
     def test_relay_paused_pings_notice(self) -> defer.Deferred[Any]:
         return _d(self._relay_paused())
