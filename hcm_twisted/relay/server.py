@@ -281,9 +281,14 @@ class Hub:
         return count
 
     def shutdown(self, timeout: float) -> defer.Deferred[None]:
-        """Close every WebSocket with 1001 and wait (at most ``timeout``) until they are gone."""
+        """Close every WebSocket with 1001 and wait (at most ``timeout``) until they are gone.
+
+        A joined leg gets 1012 (Service Restart) instead: its stream is cut, and a 1001
+        would read as the peer's normal end of the stream.
+        """
         for proto in list(self.connections):
-            proto._send_close(1001, "The relay is shutting down.")
+            code = 1012 if proto.role == "leg" else 1001
+            proto._send_close(code, "The relay is shutting down.")
         if not self.connections:
             return defer.succeed(None)
         d: defer.Deferred[None] = defer.Deferred()
