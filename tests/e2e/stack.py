@@ -332,6 +332,7 @@ class Stack:
         self.agent_config = self.directory / "hcm.toml"
         self.sender_config = self.directory / "hcm-sender.toml"
         self._old_procs: list[harness.Proc] = []
+        self._sender_starts = 0
 
     # starting and stopping
 
@@ -395,7 +396,10 @@ class Stack:
         doc["hybrid-connection"] = items
         self.sender_config.write_text(tomli_w.dumps(doc))
         self.sender_config.chmod(0o600)
-        self.sender = harness.twist("hcm-sender", self.sender_config, cwd=self.directory)
+        self._sender_starts += 1
+        name = "hcm-sender" if self._sender_starts == 1 else f"hcm-sender-{self._sender_starts}"
+        self.sender = harness.twist("hcm-sender", self.sender_config, cwd=self.directory,
+                                    name=name)
         for hc, port in self.sender_ports.items():
             self.sender.wait_log(rf"hcm-sender listening on 127\.0\.0\.1:{port} for "
                                  rf"{re.escape(hc)}", timeout=timeout)
