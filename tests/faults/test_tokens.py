@@ -19,6 +19,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.e2e import harness, relayclient
 from tests.e2e.stack import Echo, Stack, listen, secret_findings, sleep, wait_until
+from tests.e2e.test_sender import cancel_batched_timers
 from tests.faults.load import Load, check_no_loss
 
 LIFETIME = float(os.environ.get("HCM_FAULT_TOKEN_SECONDS", "60"))
@@ -28,6 +29,7 @@ class TokenTests(TestCase):
     timeout = LIFETIME + 120
 
     def setUp(self) -> None:
+        self.addCleanup(cancel_batched_timers)  # relayclient's autobahn timers
         self.echo = listen(Echo)
         self.addCleanup(self.echo.stopListening)
         self.stack = Stack(Path(self.mktemp()), {"hc1": f"127.0.0.1:{self.echo.getHost().port}"},

@@ -21,6 +21,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.e2e import harness, relayclient
 from tests.e2e.stack import Echo, Stack, listen, run_pattern, secret_findings, sleep
+from tests.e2e.test_sender import cancel_batched_timers
 
 K = harness.TEST_KEYS
 
@@ -37,6 +38,7 @@ class AuthTests(TestCase):
     timeout = 120
 
     def setUp(self) -> None:
+        self.addCleanup(cancel_batched_timers)  # relayclient's autobahn timers
         self.echo = listen(Echo)
         self.addCleanup(self.echo.stopListening)
         self.trap = listen(Echo)
