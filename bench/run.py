@@ -433,7 +433,7 @@ def plot(res: dict[str, Any], names: list[str], out: FsPath) -> str | None:
         ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("MB/s (median, log scale)")
-    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8, loc="center right")
     fig.suptitle("hcm-twisted throughput vs baselines (loopback, "
                  f"{os.cpu_count()} CPUs)")
     fig.tight_layout()
