@@ -467,9 +467,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="overall time bound in seconds (sections are skipped after it)")
     ap.add_argument("--quick", action="store_true", help="one repetition, 500 held connections")
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the temporary directory (configs, keys, logs) even on success")
     args = ap.parse_args(argv)
     if args.quick:
-        args.reps, args.conns, args.rate_conns, args.seconds = 1, 500, 300, 1.0
+        args.reps, args.rate_conns, args.seconds = 1, 300, 1.0
+        args.conns = min(args.conns, 500)
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by every child
@@ -536,6 +539,12 @@ def main(argv: list[str] | None = None) -> int:
         "args": vars(args), "elapsed_seconds": elapsed, "paths": res, "targets": targets,
         "workdir": str(workdir),
     }
+    failed = [n for n in names if res.get(n, {}).get("error")]
+    if failed or args.keep:
+        print(f"logs and configs kept in {workdir}", flush=True)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)  # it holds test keys and logs
+        doc["workdir"] = None
     (outdir / "latest.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
     print()
     print(table(res, [n for n in names if "throughput" in res.get(n, {})] or names))
