@@ -246,7 +246,7 @@ def parse_document(doc: Mapping[str, Any], path: Path) -> AgentConfig:
         if key not in _AGENT_KEYS:
             raise MalformedInput(f"{where}: [agent]: unknown key {key!r}")
     workers = _number(agent, "workers", 0, where, 0, 1024, integer=True)
-    token_lifetime = _number(agent, "token-lifetime", DEFAULT_TOKEN_LIFETIME, where, 60, 7 * 86400)
+    token_lifetime = _number(agent, "token-lifetime", DEFAULT_TOKEN_LIFETIME, where, 5, 7 * 86400)
     ping_interval = _number(agent, "ping-interval", DEFAULT_PING_INTERVAL, where, 1, 3600)
     drain_timeout = _number(agent, "drain-timeout", DEFAULT_DRAIN_TIMEOUT, where, 0, 3600)
     admin = agent.get("admin")

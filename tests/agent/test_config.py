@@ -132,7 +132,7 @@ class ParseTests(SynchronousTestCase):
         self.bad("[agent]\nworkers = -1\n", "workers")
         self.bad("[agent]\nworkers = 1.5\n", "workers", "integer")
         self.bad("[agent]\nworkers = true\n", "workers")
-        self.bad("[agent]\ntoken-lifetime = 10\n", "token-lifetime")
+        self.bad("[agent]\ntoken-lifetime = 4\n", "token-lifetime")
         self.bad('[agent]\ntoken-lifetime = "1h"\n', "token-lifetime")
         self.bad("[agent]\nping-interval = 0\n", "ping-interval")
         self.bad("[agent]\ndrain-timeout = -1\n", "drain-timeout")
