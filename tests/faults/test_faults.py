@@ -5,7 +5,8 @@ app (this process) -> hcm-sender -> hcm-relay -> hcm agent (master + 2 workers) 
 sent (in order, exactly once); a connection that does not complete must fail visibly (reset,
 or closed before any data came back), never end cleanly after a part of the data.
 
-Timings are short for CI; ``HCM_FAULT_SCALE`` (default 1) multiplies the load phases.
+Timings are short for CI; ``HCM_FAULT_SINK_SECONDS`` (default 8) sets how long ~1 GiB is
+offered to the endpoint that never reads.
 """
 
 from __future__ import annotations
@@ -34,8 +35,6 @@ from tests.e2e.stack import (
     wait_until,
 )
 from tests.faults.load import Load, check_no_loss
-
-SCALE = float(os.environ.get("HCM_FAULT_SCALE", "1"))
 
 
 def _d(coro: Any) -> defer.Deferred[Any]:
@@ -155,7 +154,7 @@ class FaultTests(TestCase):
         relay = self.stack.relay
         assert relay is not None and relay.proc is not None
         load = self.load(self.port, concurrency=4, size=1 << 20, rate=1 << 20).start()
-        await wait_until(lambda: len(load.completed()) >= 4, 20 * SCALE, what="first transfers")
+        await wait_until(lambda: len(load.completed()) >= 4, 20, what="first transfers")
         relay.proc.kill()
         killed = time.monotonic()
         await sleep(1.0)
@@ -281,8 +280,8 @@ class FaultTests(TestCase):
         await wait_until(lambda: len(self.stack.worker_pids()) == 2
                          and victim not in self.stack.worker_pids(), 15,
                          what="the master restarted the worker")
-        await wait_until(lambda: len(load.completed(after=time.monotonic() - 0.001)) >= 0, 1)
-        await sleep(3.0)
+        await wait_until(lambda: len(load.completed(after=killed + 1)) >= 2, 20,
+                         what="new transfers after the kill")
         clients = await load.stop()
         summary = check_no_loss(self, clients, visible=visible)
         in_flight = [c for c in clients if c.started < killed]
