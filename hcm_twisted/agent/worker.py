@@ -12,13 +12,16 @@ master is gone) the worker exits within two seconds.  Logs go to stderr.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import sys
 from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -41,6 +44,7 @@ from hcm_twisted.agent.listener import (
 from hcm_twisted.agent.rendezvous import Acceptor, TcpEndpointMaker
 from hcm_twisted.core import logging as hcm_logging
 from hcm_twisted.core.errors import MalformedInput
+from hcm_twisted.core.fast import quiet_autobahn, tune_gc
 
 EXIT_GRACE = 1.0  # seconds to close channels after the master went away
 STATUS_LIMIT = 60_000  # bytes of status JSON (an AMP value holds at most 65535)
@@ -228,8 +232,25 @@ class WorkerProtocol(amp.AMP):
             self._on_lost()
 
 
+def _follow_master() -> None:
+    """Leave shutdown to the master.
+
+    Ctrl-C in a terminal reaches the whole process group; the master drains its
+    workers, so a worker ignores SIGINT.  If the master dies without its pipe being
+    noticed, Linux sends the worker SIGTERM (``PR_SET_PDEATHSIG``).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
 def main() -> None:
     """Run a worker with AMP on fds 3 and 4 until the master goes away."""
+    _follow_master()
     import txaio
     from twisted.internet import reactor as _reactor
     from twisted.internet import stdio
@@ -255,24 +276,36 @@ def main() -> None:
     worker = Worker(reactor)
     exiting: list[bool] = []
 
+    def stop_reactor() -> None:
+        # SIGTERM from the master may have stopped the reactor already.
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            pass
+
     def master_gone() -> None:
         if exiting:
             return
         exiting.append(True)
         log.info("AMP pipe closed (master gone): exiting")
-        timer = reactor.callLater(EXIT_GRACE, reactor.stop)  # whatever happens below
+        timer = reactor.callLater(EXIT_GRACE, stop_reactor)  # whatever happens below
         d = maybeDeferred(worker.stop)
 
         def stopped(_: object) -> None:
             if timer.active():
                 timer.cancel()
-                reactor.callLater(0, reactor.stop)
+                reactor.callLater(0, stop_reactor)
 
         d.addBoth(stopped)
 
     protocol = WorkerProtocol(worker, on_lost=master_gone)
     stdio.StandardIO(protocol, stdin=3, stdout=4, reactor=reactor)  # type: ignore[call-arg]
     log.info("hcm worker ready (pid {pid})", pid=os.getpid())
+    # Start-up is over: no per-connection pformat in autobahn, calmer cyclic GC.
+    quiet_autobahn()
+    tune_gc()
+    # Twisted installs its own SIGINT handler when it starts: ignore SIGINT again after that.
+    reactor.callWhenRunning(signal.signal, signal.SIGINT, signal.SIG_IGN)
     reactor.run()
 
 

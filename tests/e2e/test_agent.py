@@ -309,3 +309,18 @@ class AgentE2E(SynchronousTestCase):
         self.assertEqual([i["name"] for i in items], names)
         states = {i["workers"][0]["state"] for i in items[1:]}
         self.assertNotIn("not listening", states)  # the worker knows every one of them
+
+    def test_ctrl_c_to_the_process_group(self) -> None:
+        """Ctrl-C in a terminal (SIGINT to the whole group): workers leave it to the master,
+        which drains them; every worker exits 0 and nothing logs a traceback."""
+        agent, path = self.start_agent(2, ["hc1"])
+        item = wait_for("both workers connected", lambda: self.all_connected(path, "hc1", 2), 20)
+        pids = [w["pid"] for w in item["workers"]]
+        os.killpg(agent.pid, signal.SIGINT)
+        agent.popen.wait(15)
+        wait_for("workers gone", lambda: not any(alive(pid) for pid in pids), 5.0, step=0.05)
+        log = agent.log_path.read_text(errors="replace")
+        self.assertEqual(log.count("stopped: exit status 0"), 2, log[-3000:])
+        self.assertNotIn("Traceback", log)
+        for pid in pids:
+            self.assertNotIn(f"worker {pid}: [twisted.internet.base] Received SIGINT", log)
