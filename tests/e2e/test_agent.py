@@ -324,3 +324,40 @@ class AgentE2E(SynchronousTestCase):
         self.assertNotIn("Traceback", log)
         for pid in pids:
             self.assertNotIn(f"worker {pid}: [twisted.internet.base] Received SIGINT", log)
+
+    def test_connections_spread_across_workers(self) -> None:
+        """200 connections (16 at a time) through 2 workers: the relay's random choice gives
+        each worker a share, every connection's bytes come back intact, and the status adds up."""
+        agent, path = self.start_agent(2, ["hc1"])
+        wait_for("both workers connected", lambda: self.all_connected(path, "hc1", 2), 20)
+        port = self.start_sender(path, "hc1")
+        sizes = [1 + (i * 7919) % 20000 for i in range(200)]
+        errors: list[BaseException] = []
+
+        def run(chunk: list[int]) -> None:
+            try:
+                for size in chunk:
+                    self.round_trip(port, size)
+            except BaseException as e:  # reported below, in the test's thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=run, args=(sizes[i::16],)) for i in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        self.assertEqual(errors, [])
+
+        def settled() -> dict[str, Any] | None:
+            item = self.hc(path, "hc1")
+            assert item is not None
+            workers = item["workers"]
+            done = sum(w["accepted"] for w in workers) == 200 and sum(w["open"] for w in workers) == 0
+            return item if done else None
+
+        item = wait_for("200 accepted, none open", settled, 15)
+        shares = sorted(w["accepted"] for w in item["workers"])
+        _log.info("200 connections over 2 workers: {shares}", shares=shares)
+        # Random choice: a share under 40 of 200 has probability below 1e-17.
+        self.assertGreater(shares[0], 40, shares)
+        self.assertEqual(sum(w["bytes_in"] for w in item["workers"]), sum(sizes))
