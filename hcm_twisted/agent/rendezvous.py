@@ -237,6 +237,7 @@ class _Pending:
     ws_connecting: Deferred[Any] | None = None
     ws_failed: bool = False
     rejected: bool = False
+    started: float = 0.0
 
     def drop_rendezvous(self) -> None:
         """Give up on a rendezvous that has not opened."""
@@ -302,7 +303,7 @@ class Acceptor:
             return
         host, port = parse_host_port(endpoint)
         bridge = Bridge(self._reactor, linger=self._linger, name=f"{self.name}/{accept.id[:40]}")
-        pending = _Pending(bridge, accept)
+        pending = _Pending(bridge, accept, started=self._reactor.seconds())
         self._live.add(pending)
         bridge.when_done().addCallback(lambda _: self._finished(pending))
 
@@ -402,9 +403,22 @@ class Acceptor:
             self.failed += 1
         self.bytes_in += bridge.bytes_to_tcp
         self.bytes_out += bridge.bytes_to_ws
-        self._log.debug(
-            "{name}: connection ended ({reason})", name=self.name, reason=bridge.close_reason
-        )
+        if bridge.joined:
+            # One line per connection, at its end: who, how long, how much, why it ended.
+            remote = pending.accept.remote_endpoint
+            self._log.info(
+                "{name}: connection {id} from {remote} closed after {duration:.3f} s, "
+                "{bytes_in} bytes in, {bytes_out} bytes out ({reason})",
+                name=self.name, id=pending.accept.id[:60],
+                remote=f"{remote.address}:{remote.port}" if remote else "?",
+                duration=self._reactor.seconds() - pending.started,
+                bytes_in=bridge.bytes_to_tcp, bytes_out=bridge.bytes_to_ws,
+                reason=bridge.close_reason,
+            )
+        else:
+            self._log.debug(
+                "{name}: connection ended ({reason})", name=self.name, reason=bridge.close_reason
+            )
 
     # ---- reject -------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -361,3 +362,7 @@ class AgentE2E(SynchronousTestCase):
         # Random choice: a share under 40 of 200 has probability below 1e-17.
         self.assertGreater(shares[0], 40, shares)
         self.assertEqual(sum(w["bytes_in"] for w in item["workers"]), sum(sizes))
+        # One log line per connection, at its end, with its duration and bytes.
+        lines = re.findall(r"hc1: connection \S+ from \S+ closed after [0-9.]+ s, (\d+) bytes in",
+                           agent.output())
+        self.assertEqual(sorted(int(n) for n in lines), sorted(sizes))
