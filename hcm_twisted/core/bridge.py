@@ -55,6 +55,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from hcm_twisted.core.fast import flush_tls, write_through
+
 __all__ = [
     "Bridge",
     "TcpLeg",
@@ -249,6 +251,7 @@ class Bridge:
         self._tcp_ever = True
         assert leg.transport is not None
         set_nodelay(leg.transport)
+        write_through(leg.transport)
         self._tcp_valve = _Valve(leg.transport)
         if self.ws_gone:
             # The WebSocket failed before TCP connected.
@@ -265,6 +268,7 @@ class Bridge:
         self.ws = leg
         self._ws_ever = True
         set_nodelay(leg.transport)
+        write_through(leg.transport)
         self._ws_valve = _Valve(leg.transport)
         if self.tcp_gone and self.tcp is None:
             leg.close_leg(1011, self.failure or "no TCP connection")
@@ -315,6 +319,8 @@ class Bridge:
         if self.ws.send_binary(data):
             self.bytes_to_ws += len(data)
             self.messages_to_ws += 1
+            # Send the TLS record now, not on the next reactor iteration (latency).
+            flush_tls(self.ws.transport)
 
     def tcp_eof_received(self) -> None:
         self.tcp_eof = True
@@ -581,6 +587,10 @@ class WebSocketLeg:
             self.bridge = self.factory.bridge
         assert self.bridge is not None
         return self.bridge
+
+    def dataReceived(self, data: bytes) -> None:
+        # Skip autobahn's per-read debug formatting (hltype/hlval whatever the level).
+        self._dataReceived(data)  # type: ignore[attr-defined]
 
     def onOpen(self) -> None:
         self._leg_opened = True
