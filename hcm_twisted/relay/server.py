@@ -48,6 +48,7 @@ from zope.interface import implementer
 
 from hcm_twisted.core import messages
 from hcm_twisted.core.errors import MalformedInput
+from hcm_twisted.core.fast import flush_tls, quiet_autobahn, tune_gc, write_through
 from hcm_twisted.core.sas import TokenRejected
 from hcm_twisted.relay.auth import LISTEN, SEND, authorize, find_token
 from hcm_twisted.relay.namespace import Entity, Namespace
@@ -395,12 +396,17 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
 
     def connectionMade(self) -> None:
         set_nodelay(self.transport)
+        write_through(self.transport)
         self.hub.connections.add(self)
         super().connectionMade()
 
     def dataReceived(self, data: bytes) -> None:
         # Skip the adapter's per-chunk debug formatting.
         self._dataReceived(data)
+        # What this read forwarded goes out now, not on the next reactor iteration.
+        peer = self.peer_leg
+        if peer is not None:
+            flush_tls(peer.transport)
 
     def is_live_listener(self) -> bool:
         return self.role == "listen" and self.state == self.STATE_OPEN
@@ -767,6 +773,7 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         if peer is not None and peer.transport is not None:
             for data in queue:
                 peer.transport.write(data)
+            flush_tls(peer.transport)
         if queue and self.transport is not None:
             self.transport.resumeProducing()
 
@@ -1032,6 +1039,9 @@ class SniffingFactory(Factory):
 
     def doStart(self) -> None:
         super().doStart()
+        # Start-up is over: no per-connection pformat in autobahn, calmer cyclic GC.
+        quiet_autobahn()
+        tune_gc()
         self.ws_factory.doStart()
         self.site.doStart()
 
