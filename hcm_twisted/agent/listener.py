@@ -58,6 +58,7 @@ from zope.interface import implementer
 
 from hcm_twisted.core import messages, proxy, sas, tls, urls
 from hcm_twisted.core.errors import MalformedInput
+from hcm_twisted.core.fast import AddressCache, cached_tcp_endpoint
 
 BACKOFF: tuple[float, ...] = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0)
 NOT_FOUND_RETRY = 60.0
@@ -216,9 +217,16 @@ class TlsOptionsCache:
 def default_endpoint_maker(reactor: Any, tls_cache: TlsOptionsCache) -> EndpointMaker:
     """HostnameEndpoint (with a timeout; through a proxy if one applies), in verified TLS when ``secure``."""
 
+    addresses = AddressCache()
+
     def make(host: str, port: int, secure: bool, timeout: float) -> IStreamClientEndpoint:
         via = proxy.resolve_proxy(host, port, tls_cache.proxy, tls_cache.no_proxy)
-        endpoint = proxy.endpoint_for(reactor, host, port, via, timeout)
+        if via is None:
+            # The relay's address is remembered for a while: no thread-pool lookup and
+            # no address race per rendezvous (TLS still checks the host name).
+            endpoint = cached_tcp_endpoint(reactor, addresses, host, port, timeout)
+        else:
+            endpoint = proxy.endpoint_for(reactor, host, port, via, timeout)
         if secure:
             endpoint = wrapClientTLS(tls_cache.options_for(host), endpoint)
         return endpoint
