@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from hcm_twisted.core import proxy, sas, tls, urls
 from hcm_twisted.core.bridge import Bridge, BridgeClientFactory, TcpLeg
 from hcm_twisted.core.errors import MalformedInput
+from hcm_twisted.core.fast import AddressCache, cached_tcp_endpoint, quiet_autobahn, tune_gc
 from hcm_twisted.sender.config import SenderConfig, SenderHc, listen_description
 
 USER_AGENT = "hcm-twisted-sender"
@@ -95,6 +96,8 @@ class Forwarder(Factory):
         cs = hc.connection_string
         self._tls = tls.client_options(cs.host, tls.load_ca_certificates(list(ca_certificates)))
         self.url = urls.connect_url(cs)
+        #: The relay's address, remembered for a while (no resolver round trip per connection).
+        self.addresses = AddressCache()
 
     # -- accepting -----------------------------------------------------------
 
@@ -142,7 +145,12 @@ class Forwarder(Factory):
     def relay_endpoint(self) -> IStreamClientEndpoint:
         cs = self.hc.connection_string
         via = proxy.resolve_proxy(cs.host, cs.port, self._proxy, self._no_proxy)
-        tcp = proxy.endpoint_for(self._reactor, cs.host, cs.port, via, self.connect_timeout)
+        if via is None:
+            tcp = cached_tcp_endpoint(
+                self._reactor, self.addresses, cs.host, cs.port, self.connect_timeout
+            )
+        else:
+            tcp = proxy.endpoint_for(self._reactor, cs.host, cs.port, via, self.connect_timeout)
         return wrapClientTLS(self._tls, tcp)
 
     def _connect_failed(self, failure: Failure, bridge: Bridge) -> None:
@@ -238,6 +246,9 @@ class SenderService(service.Service):
             )
         for hc in self.config.hybrid_connections:
             self._start(hc)
+        # Start-up is over: no per-connection pformat in autobahn, calmer cyclic GC.
+        quiet_autobahn()
+        tune_gc()
 
     def _start(self, hc: SenderHc) -> None:
         self._retries.pop(hc.name, None)
