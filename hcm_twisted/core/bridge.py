@@ -364,8 +364,8 @@ class Bridge:
             self.close_reason = "tcp closed"
         self.ws.close_leg(1000, None)
         if self.ws_peer_closed and self.tcp is not None and not self.tcp_gone:
-            # Both directions are finished.
-            self._close_tcp()
+            # Both directions are finished (a reset if the peer's Close was an error).
+            self._on_ws_gone()
 
     # WebSocket -> TCP
 
@@ -629,6 +629,8 @@ class WebSocketLeg:
         if self.state == _OPEN and self._leg_opened:
             # Non-graceful close: the peer is gone; the default answers it.
             bridge.ws_peer_closed = True
+            if code not in _GRACEFUL:
+                bridge._ws_broken = True  # the stream was cut: reset TCP when it ends
         return super().onCloseFrame(code, reasonRaw)  # type: ignore[misc, no-any-return]
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
