@@ -24,6 +24,7 @@ Each helper is justified by a profile or a latency measurement (see
 
 from __future__ import annotations
 
+import errno
 import gc
 import time
 from collections.abc import Callable
@@ -59,6 +60,9 @@ __all__ = [
 WRITE_THROUGH_MAX = 16 * 1024 + 256
 
 
+_RETRY_ERRNOS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EINTR})
+
+
 def _write_through(self: Any, data: bytes) -> None:
     if (
         len(data) <= WRITE_THROUGH_MAX
@@ -72,9 +76,13 @@ def _write_through(self: Any, data: bytes) -> None:
     ):
         try:
             sent = self.socket.send(data)
-        except OSError:
-            # EAGAIN and real errors alike: the buffered path below sends it or
-            # finds the error in doWrite, as Twisted always does.
+        except OSError as e:
+            if e.errno not in _RETRY_ERRNOS:
+                # A real error (ECONNRESET, EPIPE): this send() consumed it, so a later
+                # recv() would read a clean EOF. Report the loss (ConnectionAborted).
+                self.abortConnection()
+                return
+            # EAGAIN: the buffered path below sends it, as Twisted always does.
             sent = 0
         if sent >= len(data):
             return
