@@ -379,11 +379,6 @@ class FaultTests(TestCase):
     def test_endpoint_reset_visible_to_the_app(self) -> defer.Deferred[Any]:
         return _d(self._cut(self.cut, "cut", visible=True, n=8))
 
-    test_endpoint_reset_visible_to_the_app.todo = (  # type: ignore[attr-defined]
-        "intermittent: an endpoint's reset sometimes reaches the app as a clean FIN "
-        "(core/fast.py write_through swallows ECONNRESET, and a residual race when the app "
-        "has half-closed); see /work/fault-notes.md #10")
-
     def test_endpoint_closes_mid_stream(self) -> defer.Deferred[Any]:
         return _d(self._cut(self.cut_fin, "cutfin"))
 
