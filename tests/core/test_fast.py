@@ -208,3 +208,41 @@ class CachedEndpointTests(unittest.TestCase):
         third.transport.loseConnection()
         self.assertEqual((cache.misses, cache.hits), (2, 2))
         self.assertEqual(cache.get("localhost", number), "127.0.0.1")
+
+
+class RedactPrefilterTests(unittest.TestCase):
+    """core.logging.redact skips its patterns for lines that hold none of their words."""
+
+    def _slow(self, text: str) -> str:
+        from hcm_twisted.core import logging as hcm_logging
+
+        for pattern, replacement in hcm_logging._REDACTIONS:
+            text = pattern.sub(replacement, text)
+        return text
+
+    def test_same_result_as_every_pattern(self) -> None:
+        from hypothesis import given, settings
+        from hypothesis import strategies as st
+
+        from hcm_twisted.core import logging as hcm_logging
+
+        pieces = st.sampled_from([
+            "SharedAccessKey=abc", "sharedaccesssignature sr=x&sig=y&se=1&skn=k", "sig%3Dzz",
+            "?sb-hc-token=t", "ServiceBusAuthorization: SharedAccessSignature a",
+            "primary-key = \"k\"", "Authorization: Bearer t", "https://u:p@h/", " ", ";",
+            "&", "=", "@", "ſig=x", "KEY", "\u212aey=", "hc1: connection 5 closed", "\"",
+        ])
+        texts = st.lists(st.one_of(pieces, st.text(max_size=8)), max_size=8).map("".join)
+
+        @settings(max_examples=400, deadline=None)
+        @given(texts)
+        def check(text: str) -> None:
+            self.assertEqual(hcm_logging.redact(text), self._slow(text))
+
+        check()
+
+    def test_plain_line_unchanged(self) -> None:
+        from hcm_twisted.core import logging as hcm_logging
+
+        line = "hc1: connection 1f2e from 127.0.0.1:5 closed after 0.012 s, 1 bytes in (tcp closed)"
+        self.assertIs(hcm_logging.redact(line), line)
