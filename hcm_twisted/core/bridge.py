@@ -40,7 +40,6 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
-from autobahn.websocket.xormasker import create_xor_masker
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
@@ -55,7 +54,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from hcm_twisted.core.fast import flush_tls, write_through
+from hcm_twisted.core.fast import flush_tls, mask_payload, write_through
 
 __all__ = [
     "Bridge",
@@ -663,7 +662,7 @@ class WebSocketLeg:
         else:
             mask = _random_mask()
             header = bytes([header[0], header[1] | 0x80]) + header[2:] + mask
-            ws.transport.writeSequence([header, create_xor_masker(mask, n).process(data)])
+            ws.transport.write(header + mask_payload(mask, data))
         return True
 
     def close_leg(self, code: int, reason: str | None) -> None:

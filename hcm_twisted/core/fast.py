@@ -52,6 +52,7 @@ __all__ = [
     "tune_gc",
     "AddressCache",
     "cached_tcp_endpoint",
+    "mask_payload",
 ]
 
 #: Writes up to this size go out at once when nothing is buffered.  Bigger
@@ -267,3 +268,40 @@ def cached_tcp_endpoint(reactor: Any, cache: AddressCache | None, host: str, por
     if cache is None:
         return HostnameEndpoint(reactor, host, port, timeout=timeout)
     return _CachedHostEndpoint(reactor, cache, host, port, timeout)
+
+
+def _nvx() -> tuple[Any, Any] | None:
+    try:
+        from _nvx_xormasker import ffi, lib  # autobahn's native masker (NVX)
+    except ImportError:  # pragma: no cover (autobahn built without NVX)
+        return None
+    return ffi, lib
+
+
+_NVX = _nvx()
+
+
+def mask_payload(mask: bytes, data: bytes) -> bytes | bytearray:
+    """``data`` XORed with the 4-byte WebSocket ``mask`` (RFC 6455 section 5.3).
+
+    Uses autobahn's native masker in place on one copy of ``data``; autobahn's own
+    wrapper makes a zeroed buffer, copies in, masks and copies out again, and is
+    made per message.
+    """
+    if len(mask) != 4:
+        raise ValueError("a WebSocket mask is 4 bytes")
+    if _NVX is None:  # pragma: no cover (autobahn built without NVX)
+        from autobahn.websocket.xormasker import create_xor_masker
+
+        return create_xor_masker(mask, len(data)).process(data)  # type: ignore[no-any-return]
+    ffi, lib = _NVX
+    buf = bytearray(data)
+    if buf:
+        masker = lib.nvx_xormask_new(mask)
+        if masker == ffi.NULL:
+            raise MemoryError("cannot allocate a WebSocket masker")
+        try:
+            lib.nvx_xormask_process(masker, ffi.from_buffer(buf), len(buf))
+        finally:
+            lib.nvx_xormask_free(masker)
+    return buf

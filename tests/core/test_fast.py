@@ -246,3 +246,17 @@ class RedactPrefilterTests(unittest.TestCase):
 
         line = "hc1: connection 1f2e from 127.0.0.1:5 closed after 0.012 s, 1 bytes in (tcp closed)"
         self.assertIs(hcm_logging.redact(line), line)
+
+
+class MaskPayloadTests(unittest.TestCase):
+    def test_same_as_rfc6455_xor(self) -> None:
+        import os
+
+        for n in (0, 1, 3, 4, 5, 127, 128, 129, 1000, 65536 + 7):
+            data = os.urandom(n)
+            mask = os.urandom(4)
+            expected = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+            self.assertEqual(bytes(fast.mask_payload(mask, data)), expected, n)
+
+    def test_bad_mask(self) -> None:
+        self.assertRaises(ValueError, fast.mask_payload, b"abc", b"data")
