@@ -101,10 +101,10 @@ def write_through(transport: Any) -> bool:
     """
     for candidate in (transport, getattr(transport, "transport", None)):
         if isinstance(candidate, tcp.Connection) and not getattr(candidate, "TLS", False):
-            if getattr(candidate, "_hcm_write_through", False):
-                return True
-            candidate.write = MethodType(_write_through, candidate)  # type: ignore[method-assign]
-            candidate._hcm_write_through = True  # type: ignore[attr-defined]
+            if "write" not in vars(candidate):  # not installed yet (no extra attribute)
+                candidate.write = MethodType(  # type: ignore[method-assign]
+                    _write_through, candidate
+                )
             return True
     return False
 
