@@ -114,7 +114,7 @@ class Forwarder(Factory):
         # sb-hc-id: the relay passes it to the listener as the accept id, so one id
         # names this connection in the sender's, the relay's and the agent's logs.
         conn_id = str(uuid.uuid4())
-        bridge.when_done().addCallback(self._finished, peer, conn_id)
+        bridge.when_done().addCallback(self._finished, peer, conn_id, self._reactor.seconds())
         factory = BridgeClientFactory(
             urls.connect_url(self.hc.connection_string, id=conn_id), bridge,
             headers=self.headers(), reactor=self._reactor, useragent=USER_AGENT,
@@ -156,17 +156,20 @@ class Forwarder(Factory):
     def _connect_failed(self, failure: Failure, bridge: Bridge) -> None:
         bridge.fail(f"cannot reach the relay: {failure.getErrorMessage()}")
 
-    def _finished(self, bridge: Bridge, peer: str, conn_id: str) -> None:
+    def _finished(self, bridge: Bridge, peer: str, conn_id: str, started: float) -> None:
         self.bridges.discard(bridge)
         self.stats.open -= 1
         self.stats.bytes_to_relay += bridge.bytes_to_ws
         self.stats.bytes_from_relay += bridge.bytes_to_tcp
         if bridge.joined:
             self.stats.joined += 1
-            self._log.debug(
-                "{hc}: connection from {peer} (id {id}) closed ({up} bytes out, {down} bytes in)",
+            # One line per connection, at its end.
+            self._log.info(
+                "{hc}: connection from {peer} (id {id}) closed after {duration:.3f} s, "
+                "{up} bytes out, {down} bytes in ({reason})",
                 hc=self.hc.name, peer=peer, id=conn_id, up=bridge.bytes_to_ws,
-                down=bridge.bytes_to_tcp,
+                down=bridge.bytes_to_tcp, duration=self._reactor.seconds() - started,
+                reason=bridge.close_reason,
             )
             return
         reason = bridge.failure or bridge.close_reason or "closed before the relay answered"

@@ -210,6 +210,7 @@ class AgentE2E(SynchronousTestCase):
         }))
         sender = harness.twist("hcm-sender", sender_path, cwd=path.parent, name="hcm-sender")
         self.addCleanup(sender.stop)
+        self.sender = sender
         sender.wait_log(r"hcm-sender listening on", timeout=30)
         return port
 
@@ -366,3 +367,6 @@ class AgentE2E(SynchronousTestCase):
         lines = re.findall(r"hc1: connection \S+ from \S+ closed after [0-9.]+ s, (\d+) bytes in",
                            agent.output())
         self.assertEqual(sorted(int(n) for n in lines), sorted(sizes))
+        sent = re.findall(r"hc1: connection from \S+ \(id \S+\) closed after [0-9.]+ s, (\d+) bytes out",
+                          self.sender.output())
+        self.assertEqual(sorted(int(n) for n in sent), sorted(sizes))
