@@ -384,7 +384,9 @@ class Stack:
         assert self.relay is not None
         items = []
         for hc in self.hcs:
-            port = self.sender_ports.get(hc) or harness.free_port()
+            port = self.sender_ports.get(hc) or 0
+            while not port or port in {p for h, p in self.sender_ports.items() if h != hc}:
+                port = harness.free_port()  # free a moment ago, and not given to another HC
             self.sender_ports[hc] = port
             items.append({
                 "name": hc,
