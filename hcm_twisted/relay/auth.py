@@ -42,11 +42,15 @@ def authorize(
     right: str,
     token: str | None,
     now: float | None = None,
+    suffix: str = "",
 ) -> SasToken | None:
     """Check ``token`` for ``right`` on ``entity``; raise :class:`TokenRejected`.
 
     Senders of an entity without ``requires-client-authorization`` need no
-    token (None is returned then when none was given).
+    token (None is returned then when none was given).  A sender's ``suffix``
+    (the path after the HC name) is part of the resource it asks for, so a
+    token signed for the whole URL, as Microsoft's Node clients sign it, is
+    accepted too: the audience may be the HC, a parent, or the full path.
     """
     if right == SEND and not entity.config.requires_client_authorization and not token:
         return None
@@ -54,7 +58,7 @@ def authorize(
         token,
         namespace.rules_for(entity),
         namespace.hosts,
-        entity.name,
+        f"{entity.name}/{suffix.strip('/')}" if suffix.strip("/") else entity.name,
         right,
         now=time.time() if now is None else now,
         grace=namespace.config.token_grace,

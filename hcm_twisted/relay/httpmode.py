@@ -132,7 +132,7 @@ class HttpMode:
         }
         token, where = find_token(params, headers, http=True)
         try:
-            authorize(self.hub.namespace, entity, SEND, token, self.hub.reactor.seconds())
+            authorize(self.hub.namespace, entity, SEND, token, self.hub.reactor.seconds(), suffix)
         except TokenRejected as e:
             return self._fail(request, e.status, e.reason)
         listener = self.hub.pick_listener(entity, headers)

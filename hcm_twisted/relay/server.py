@@ -442,9 +442,13 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             return self._on_connect(entity, token, rest, query, headers, request)
         raise deny(400, f"BadRequest: unknown sb-hc-action {action[:20]!r}.")
 
-    def _authorize(self, entity: Entity, right: str, token: str | None) -> float | None:
+    def _authorize(
+        self, entity: Entity, right: str, token: str | None, suffix: str = ""
+    ) -> float | None:
         try:
-            result = authorize(self.hub.namespace, entity, right, token, self.hub.reactor.seconds())
+            result = authorize(
+                self.hub.namespace, entity, right, token, self.hub.reactor.seconds(), suffix
+            )
         except TokenRejected as e:
             self._log.info(
                 "refused {right} on {hc} from {peer}: {status} {reason}",
@@ -476,7 +480,7 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         self, entity: Entity, token: str | None, rest: str, query: str,
         headers: dict[str, str], request: Any,
     ) -> defer.Deferred[Any]:
-        self._authorize(entity, SEND, token)
+        self._authorize(entity, SEND, token, unquote(rest)[len(entity.name):])
         listener = self.hub.pick_listener(entity, headers)
         if listener is None:
             raise deny(404, NOT_FOUND, self.hub.config.namespace, entity.name)

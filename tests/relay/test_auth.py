@@ -10,7 +10,7 @@ from twisted.trial import unittest
 from hcm_twisted.core import sas
 from hcm_twisted.relay import auth
 from hcm_twisted.relay.namespace import Namespace, parse_config
-from tests.relay.common import ROOT_KEY, config_dict, listen_token, send_token
+from tests.relay.common import ROOT_KEY, SEND_KEY, config_dict, listen_token, send_token
 
 
 class FindTokenTests(unittest.TestCase):
@@ -71,3 +71,34 @@ class AuthorizeTests(unittest.TestCase):
         with self.assertRaises(sas.TokenRejected) as ctx:
             auth.authorize_any(self.ns, self.hc1, None)
         self.assertEqual(ctx.exception.status, 401)
+
+
+class SuffixAudienceTests(unittest.TestCase):
+    """Microsoft's Node clients sign the whole sender URL, suffix included."""
+
+    def setUp(self) -> None:
+        base = Path(self.mktemp())
+        base.mkdir()
+        self.ns = Namespace.open(parse_config(config_dict(), base))
+        self.hc1 = self.ns.entities["hc1"]
+
+    def status(self, audience: str, suffix: str) -> int:
+        token = send_token(now=time.time()) if not audience else sas.mint(
+            audience, "defaultSender", SEND_KEY, 60)
+        try:
+            auth.authorize(self.ns, self.hc1, auth.SEND, token, time.time(), suffix)
+        except sas.TokenRejected as e:
+            return e.status
+        return 200
+
+    def test_full_url_audience(self) -> None:
+        self.assertEqual(self.status("http://localhost:443/hc1/sub/path", "/sub/path"), 200)
+        self.assertEqual(self.status("http://localhost/hc1/sub", "/sub/path"), 200)
+        self.assertEqual(self.status("http://localhost/hc1", "/sub/path"), 200)
+        self.assertEqual(self.status("", "/sub/path"), 200)
+
+    def test_audience_below_what_is_asked_for(self) -> None:
+        """A token for a deeper path does not open the HC itself or a sibling path."""
+        self.assertEqual(self.status("http://localhost/hc1/sub/path", ""), 401)
+        self.assertEqual(self.status("http://localhost/hc1/sub/path", "/sub/other"), 401)
+        self.assertEqual(self.status("http://localhost/hc1/sub", "/subway"), 401)
