@@ -353,10 +353,13 @@ class HycoWsTests(NodeClientsMixin, unittest.TestCase):
         self.assertEqual(self.listener_closed(1)["protocol"], "chat")
 
     def test_accept_message_seen_by_the_listener(self) -> None:
-        """Token in the query, a suffix, an app query and a custom header (spec sections 5, 14)."""
+        """Token in the query, a suffix, an app query and a custom header (spec sections 5, 14).
+
+        The token is what ``createRelayToken`` makes of the whole URL: it signs the suffix too.
+        """
         result = self.run_sender({
             "url": f"{self.ws_base}/sub/path?app=1&sb-hc-action=connect",
-            "tokenUrl": self.ws_base, "tokenIn": "query", "headers": {"X-Custom": "hello"},
+            "tokenIn": "query", "headers": {"X-Custom": "hello"},
             "mode": "echo", "size": 100_000,
         })
         self.assertEqual(result["received_sha256"], result["sent_sha256"])

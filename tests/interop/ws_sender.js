@@ -33,8 +33,8 @@ deadline(cfg.timeout || 60, () => JSON.stringify(progress));
 
 // "tokenIn": "header" (default: ServiceBusAuthorization, as relayedConnect does) or "query"
 // (sb-hc-token appended the way createRelaySendUri() does).  The token signs "tokenUrl"
-// (default: "url"); createRelayToken() keeps any suffix path, and a token for a path *below* the
-// HC does not authorize the HC, so tests with a suffix pass the HC's own URL there.
+// (default: "url"); createRelayToken() keeps any suffix path, which the relay accepts for
+// that suffix.
 const tokenInQuery = cfg.tokenIn === 'query';
 const signed = WebSocket.createRelayToken(cfg.tokenUrl || cfg.url, cfg.keyName, cfg.key);
 const url = tokenInQuery ? cfg.url + '&sb-hc-token=' + encodeURIComponent(signed) : cfg.url;
