@@ -14,6 +14,7 @@ from hcm_twisted.agent import diagnose
 from hcm_twisted.core import connstr
 from tests.e2e import harness
 from tests.e2e.relayfixture import Relay, start_relay
+from tests.timers import cancel_batched_timers
 
 META = '[{"key":"endpoint","value":"127.0.0.1:%d"}]'
 
@@ -36,6 +37,7 @@ class DiagnoseTests(TestCase):
     timeout = 60
 
     def setUp(self) -> None:
+        self.addCleanup(cancel_batched_timers)  # autobahn timers of the probes
         self.meta_port = harness.free_port()
         self.relay: Relay = start_relay(
             Path(self.mktemp()).resolve(),

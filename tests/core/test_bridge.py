@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from hcm_twisted.core.bridge import Bridge, BridgeClientFactory, TcpLeg
+from tests.timers import cancel_now
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -503,7 +504,7 @@ class LoopbackTests(TestCase):
             if len(self.endpoint_done) == len(self.endpoints):
                 break
             yield deferLater(0.01)
-        cancel_batched_timers()
+        cancel_now()
 
     def connect(self, payload: bytes) -> defer.Deferred[_Client]:
         client = _Client(payload)
@@ -549,13 +550,6 @@ def deferLater(seconds: float) -> defer.Deferred[None]:
     from twisted.internet.task import deferLater as _later
 
     return _later(reactor, seconds, lambda: None)  # type: ignore[arg-type]
-
-
-def cancel_batched_timers() -> None:
-    """autobahn's batched timers leave their bucket calls behind when cancelled."""
-    for call in reactor.getDelayedCalls():  # type: ignore[attr-defined]
-        if getattr(call.func, "__name__", "") == "_notify_bucket" and call.active():
-            call.cancel()
 
 
 # -- property: any chunking, any fragmentation, bytes arrive exactly -------------------------

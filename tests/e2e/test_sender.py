@@ -26,6 +26,7 @@ from hcm_twisted.core import connstr, messages, sas, tls, urls
 from hcm_twisted.core.bridge import Bridge, BridgeClientFactory, TcpLeg
 from tests.e2e import harness
 from tests.e2e.relayfixture import Relay, start_relay
+from tests.timers import cancel_batched_timers
 
 reactor: Any = _reactor
 
@@ -209,20 +210,6 @@ class TestListener:
         if self.control is not None:
             self.control.sendClose(1000)
             await self.control.factory.closed
-
-
-def cancel_batched_timers() -> defer.Deferred[None]:
-    """autobahn's batched timers leave their bucket calls behind when cancelled.
-
-    Let pending network events run first (they may schedule more), then cancel.
-    """
-
-    def cancel() -> None:
-        for call in reactor.getDelayedCalls():
-            if getattr(call.func, "__name__", "") == "_notify_bucket" and call.active():
-                call.cancel()
-
-    return sleep(0.2).addCallback(lambda _: cancel())
 
 
 # -- the tests -----------------------------------------------------------------------------

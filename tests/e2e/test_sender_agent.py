@@ -21,7 +21,6 @@ from tests.e2e import harness
 from tests.e2e.relayfixture import Relay, start_relay
 from tests.e2e.test_sender import (
     AppClient,
-    cancel_batched_timers,
     listen_echo,
     reactor,
     run_client,
@@ -29,6 +28,7 @@ from tests.e2e.test_sender import (
     sleep,
     write_sender_config,
 )
+from tests.timers import cancel_batched_timers
 
 
 def write_agent_config(directory: Path, relay: Relay, hcs: dict[str, str],

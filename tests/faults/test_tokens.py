@@ -19,8 +19,8 @@ from twisted.trial.unittest import TestCase
 
 from tests.e2e import harness, relayclient
 from tests.e2e.stack import Echo, Stack, listen, secret_findings, sleep, wait_until
-from tests.e2e.test_sender import cancel_batched_timers
 from tests.faults.load import Load, check_no_loss
+from tests.timers import cancel_batched_timers
 
 LIFETIME = float(os.environ.get("HCM_FAULT_TOKEN_SECONDS", "60"))
 

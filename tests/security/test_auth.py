@@ -21,7 +21,7 @@ from twisted.trial.unittest import TestCase
 
 from tests.e2e import harness, relayclient
 from tests.e2e.stack import Echo, Stack, listen, run_pattern, secret_findings, sleep
-from tests.e2e.test_sender import cancel_batched_timers
+from tests.timers import cancel_batched_timers
 
 K = harness.TEST_KEYS
 
