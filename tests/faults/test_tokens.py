@@ -1,7 +1,7 @@
 """Short-lived tokens and key rotation under load: no control channel lost, no failed transfer.
 
-``HCM_FAULT_TOKEN_SECONDS`` sets the agent's token-lifetime (default 60, the smallest the
-agent accepts; 300 for the 5-minute version); the test runs for that long plus 15 s.
+``HCM_FAULT_TOKEN_SECONDS`` sets the agent's token-lifetime (default 10 s) and
+``HCM_FAULT_TOKEN_RUN`` how long the load runs (default 60 s; 300 for the issue's 5 minutes).
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ from tests.e2e.stack import Echo, Stack, listen, secret_findings, sleep, wait_un
 from tests.faults.load import Load, check_no_loss
 from tests.timers import cancel_batched_timers
 
-LIFETIME = float(os.environ.get("HCM_FAULT_TOKEN_SECONDS", "60"))
+LIFETIME = float(os.environ.get("HCM_FAULT_TOKEN_SECONDS", "10"))
+RUN = float(os.environ.get("HCM_FAULT_TOKEN_RUN", "60"))
 
 
 class TokenTests(TestCase):
-    timeout = LIFETIME + 120
+    timeout = RUN + 120
 
     def setUp(self) -> None:
         self.addCleanup(cancel_batched_timers)  # relayclient's autobahn timers
@@ -56,23 +57,24 @@ class TokenTests(TestCase):
         assert relay is not None
         load = self.load(concurrency=2, size=64 << 10, rate=256 << 10).start()
         started = time.monotonic()
-        while time.monotonic() - started < LIFETIME + 15:
+        while time.monotonic() - started < RUN:
             await sleep(1.0)
         clients = await load.stop()
         summary = check_no_loss(self, clients)
         out = relay.output()
         renewals = len(re.findall(r"renewed its token", out))
-        print(f"\ntoken-lifetime {LIFETIME:g} s over {LIFETIME + 15:g} s: {summary}, "
+        print(f"\ntoken-lifetime {LIFETIME:g} s over {RUN:g} s: {summary}, "
               f"{renewals} renewals")
         self.assertEqual(summary["failed"], 0)
-        self.assertGreaterEqual(renewals, 2, "each worker renewed on its channel")
+        # Each of the 2 workers renews at about 80 % of the lifetime, on its open channel.
+        self.assertGreaterEqual(renewals, 2 * int(RUN / LIFETIME) - 2, "workers renewed")
         self.assertNotIn("token expired without renewal", out)
         self.assertEqual(self.connects(), 2, "no control channel was lost")
         for item in self.stack.status():
             self.assertTrue(item["connected"])
         self.assertEqual(secret_findings(self.stack.logs(), harness.TEST_KEYS.values()), [])
 
-    test_short_tokens_renewed_under_load.timeout = LIFETIME + 120  # type: ignore[attr-defined]
+    test_short_tokens_renewed_under_load.timeout = RUN + 120  # type: ignore[attr-defined]
 
     def test_key_rotation(self) -> defer.Deferred[None]:
         return defer.ensureDeferred(self._rotation())
