@@ -75,6 +75,9 @@ def _parser() -> _Parser:
     add.add_argument("--namespace", metavar="NS", help="relay namespace host[:port]")
     add.add_argument("--key-name", metavar="RULE", help="shared access rule name")
     add.add_argument("--key", metavar="KEY", help="shared access key ('-' reads it from stdin)")
+    add.add_argument("--replace", action="store_true",
+                     help="change an existing hybrid connection (key rotation, new endpoint);"
+                     " a running agent renews its tokens without dropping connections")
     sub.add_parser("list", parents=[common], help="list hybrid connections and their state")
     show = sub.add_parser("show", parents=[common], help="show one hybrid connection in detail")
     show.add_argument("name", metavar="NAME")
@@ -223,10 +226,10 @@ def _cmd_add(args: argparse.Namespace) -> int:
     except MalformedInput as e:
         raise UsageError(str(e)) from None
     doc = config.read_document(path, missing_ok=True)
-    config.write_document(path, config.with_hybrid_connection(doc, hc))
+    config.write_document(path, config.with_hybrid_connection(doc, hc, replace=args.replace))
     reloaded, message = _reload(path)
     obj = {
-        "added": hc.name,
+        "replaced" if args.replace else "added": hc.name,
         "endpoint": hc.endpoint,
         "connection_string": hc.connection_string.masked(),
         "config": str(path),
@@ -234,7 +237,8 @@ def _cmd_add(args: argparse.Namespace) -> int:
         "message": message,
     }
     where = hc.endpoint or "the HC's user metadata"
-    _out(args, obj, f"added {hc.name} ({hc.connection_string.masked()}) -> {where}\n{message}")
+    verb = "replaced" if args.replace else "added"
+    _out(args, obj, f"{verb} {hc.name} ({hc.connection_string.masked()}) -> {where}\n{message}")
     return 0
 
 

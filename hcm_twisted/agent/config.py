@@ -396,14 +396,29 @@ def write_document(path: str | Path, doc: Mapping[str, Any]) -> AgentConfig:
     return config
 
 
-def with_hybrid_connection(doc: Mapping[str, Any], hc: HybridConnectionConfig) -> dict[str, Any]:
-    """A copy of ``doc`` with ``hc`` appended; :class:`MalformedInput` if the name is taken."""
+def with_hybrid_connection(
+    doc: Mapping[str, Any], hc: HybridConnectionConfig, replace: bool = False
+) -> dict[str, Any]:
+    """A copy of ``doc`` with ``hc`` appended, or put in place of the HC of that name when
+    ``replace`` (a new key, connection string or endpoint); :class:`MalformedInput` if the
+    name is taken and ``replace`` is false, or missing and ``replace`` is true."""
     items = list(doc.get("hybrid-connection", []))
-    for item in items:
-        if isinstance(item, dict) and _item_name(item) == hc.name:
-            raise MalformedInput(f"hybrid connection {hc.name!r} already exists")
+    index = next(
+        (i for i, item in enumerate(items) if isinstance(item, dict) and _item_name(item) == hc.name),
+        None,
+    )
+    if index is not None and not replace:
+        raise MalformedInput(
+            f"hybrid connection {hc.name!r} already exists (--replace changes it)"
+        )
+    if index is None and replace:
+        raise MalformedInput(f"no hybrid connection named {hc.name!r} to replace")
     out = dict(doc)
-    out["hybrid-connection"] = [*items, hc.to_document()]
+    if index is None:
+        out["hybrid-connection"] = [*items, hc.to_document()]
+    else:
+        items[index] = hc.to_document()
+        out["hybrid-connection"] = items
     return out
 
 

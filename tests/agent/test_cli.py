@@ -87,6 +87,37 @@ class CliTests(SynchronousTestCase):
         self.assertEqual(code, 0)
         self.assertEqual([h.name for h in config.load(self.path).hybrid_connections], ["hc2"])
 
+    def test_replace_for_key_rotation(self) -> None:
+        """add --replace swaps an HC's connection string (key rotation) in place; plain add
+        refuses a taken name and --replace a missing one, both leaving the file as it was."""
+        self.run_cli("add", CS, "--endpoint", "127.0.0.1:7001")
+        self.run_cli("add", CS.replace("hc1", "hc2"), "--endpoint", "127.0.0.1:7002")
+        before = self.path.read_bytes()
+        code, _, err = self.run_cli("add", CS, "--endpoint", "127.0.0.1:7001")
+        self.assertEqual(code, 1)
+        self.assertIn("already exists (--replace changes it)", err)
+        self.assertEqual(self.path.read_bytes(), before)
+        code, _, err = self.run_cli("add", CS.replace("hc1", "hc3"), "--replace")
+        self.assertEqual(code, 1)
+        self.assertIn("no hybrid connection named 'hc3' to replace", err)
+        self.assertEqual(self.path.read_bytes(), before)
+
+        new_key = "bmV3LXNlY29uZGFyeS1rZXktZm9yLWNsaS10ZXN0cy0x"
+        rotated = CS.replace("defaultListener", "secondListener").replace(KEY, new_key)
+        self.agent = lambda method, path: (200, {"reloaded": True})
+        code, out, err = self.run_cli("add", rotated, "--endpoint", "127.0.0.1:7001", "--replace")
+        self.assertEqual(code, 0, err)
+        self.assertIn("replaced hc1", out)
+        self.assertNotIn(new_key, out)
+        self.assertIn(("POST", "/reload"), [(m, p) for _, m, p in self.requests])
+        cfg = config.load(self.path)
+        self.assertEqual([h.name for h in cfg.hybrid_connections], ["hc1", "hc2"])
+        hc1 = cfg.get("hc1")
+        assert hc1 is not None
+        self.assertEqual((hc1.connection_string.key_name, hc1.connection_string.key),
+                         ("secondListener", new_key))
+        self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)
+
     def test_json(self) -> None:
         """--json (before or after the command) prints the status objects of DESIGN "Status"."""
         self.run_cli("add", CS, "--endpoint", "127.0.0.1:7001")
