@@ -32,7 +32,6 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from typing import Any
 import attrs
 import tomli_w
 
-from hcm_twisted.core import connstr
+from hcm_twisted.core import configfile, connstr
 from hcm_twisted.core.connstr import ConnectionString
 from hcm_twisted.core.errors import MalformedInput
 
@@ -319,28 +318,12 @@ def parse_text(text: str, path: Path) -> AgentConfig:
 
 
 def _loads(text: str, path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise MalformedInput(f"{_where(path)}: not valid TOML ({e})") from None
+    return configfile.loads(text, _where(path))
 
 
 def read_document(path: str | Path, missing_ok: bool = False) -> dict[str, Any]:
     """The raw TOML document; ``{}`` for a missing file when ``missing_ok``."""
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        if missing_ok:
-            return {}
-        raise MalformedInput(f"{p}: no such config file") from None
-    except OSError as e:
-        raise MalformedInput(f"{p}: cannot read ({e.strerror})") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise MalformedInput(f"{p}: not UTF-8 text") from None
-    return _loads(text, p)
+    return configfile.read_toml(path, missing_ok=missing_ok)
 
 
 def load(path: str | Path) -> AgentConfig:

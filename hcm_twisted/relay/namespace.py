@@ -18,13 +18,13 @@ import hashlib
 import os
 import secrets
 import sqlite3
-import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from hcm_twisted.core import configfile
 from hcm_twisted.core.errors import MalformedInput
 from hcm_twisted.core.sas import Rule
 
@@ -252,15 +252,7 @@ def _log_setting(data: Mapping[str, Any], key: str, default: str) -> str:
 def load_config(path: str | Path) -> RelayConfig:
     """Read and check the relay's TOML file; :class:`MalformedInput` names the problem."""
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise MalformedInput(f"relay config: cannot read {p}: {e.strerror}") from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise MalformedInput(f"relay config: {p} is not valid TOML: {e}") from None
-    return parse_config(data, p.resolve().parent)
+    return parse_config(configfile.read_toml(p, "relay config: "), p.resolve().parent)
 
 
 def generate_key() -> str:

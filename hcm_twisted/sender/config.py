@@ -36,13 +36,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from hcm_twisted.core import connstr
+from hcm_twisted.core import configfile, connstr
 from hcm_twisted.core.connstr import ConnectionString
 from hcm_twisted.core.errors import MalformedInput
 from hcm_twisted.core.logging import LOG_FORMATS, LOG_LEVELS
@@ -257,15 +256,7 @@ def _choice(doc: dict[str, Any], key: str, default: str, choices: tuple[str, ...
 def load(path: str | Path) -> SenderConfig:
     """Read and check a sender config file."""
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise MalformedInput(f"{p}: cannot read: {e.strerror}") from None
-    try:
-        doc = tomllib.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise MalformedInput(f"{p}: not valid TOML: {e}") from None
-    return parse(doc, p)
+    return parse(configfile.read_toml(p), p)
 
 
 def listen_description(hc: SenderHc, endpoint: str | None) -> str:

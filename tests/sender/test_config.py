@@ -110,5 +110,5 @@ address = "127.0.0.9"
         self.assertEqual(options["loaded"].hybrid_connections[0].listen, "tcp:7002")
         with self.assertRaises(usage.UsageError) as e:
             tap.Options().parseOptions(["--config", str(p) + ".nope"])
-        self.assertIn("cannot read", str(e.exception))
+        self.assertIn(".nope: no such config file", str(e.exception))
         self.assertRaises(usage.UsageError, tap.Options().parseOptions, [])

@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from hcm_twisted.core import connstr, sas
 from hcm_twisted.sender.config import SenderHc
 from hcm_twisted.sender.forwarder import Forwarder
+from tests.timers import cancel_now
 
 KEY = "c2VuZC1rZXktZm9yLXRlc3RzLW9ubHktMjIyMjIyMjI="
 CS = f"Endpoint=sb://localhost:9443/;SharedAccessKeyName=defaultSender;SharedAccessKey={KEY};EntityPath=hc1"
@@ -80,7 +81,13 @@ def answer(proto: Any, status_line: bytes) -> None:
         proto.dataReceived(status_line + b"\r\n\r\n")
 
 
-class HeaderTests(SynchronousTestCase):
+class _Clean(SynchronousTestCase):
+    def setUp(self) -> None:
+        # autobahn arms its handshake timeouts on the global reactor's batched timers.
+        self.addCleanup(cancel_now)
+
+
+class HeaderTests(_Clean):
     def test_token_is_minted_for_the_hc_with_send_rights(self) -> None:
         token = make().headers()["ServiceBusAuthorization"]
         rule = sas.Rule("defaultSender", KEY, "", frozenset({"Send"}))
@@ -97,7 +104,7 @@ class HeaderTests(SynchronousTestCase):
         self.assertEqual(make("Endpoint=sb://localhost:9443/;EntityPath=hc1").headers(), {})
 
 
-class ForwardTests(SynchronousTestCase):
+class ForwardTests(_Clean):
     def test_joined(self) -> None:
         f = make()
         leg, app = accept(f)

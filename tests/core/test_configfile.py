@@ -1,0 +1,39 @@
+"""Tests for hcm_twisted.core.configfile."""
+
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from hcm_twisted.core.configfile import read_toml
+from hcm_twisted.core.errors import MalformedInput
+
+
+class ReadTomlTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp())
+        self.dir.mkdir()
+
+    def error(self, path: Path, **kw: object) -> str:
+        with self.assertRaises(MalformedInput) as cm:
+            read_toml(path, "x config: ", **kw)  # type: ignore[arg-type]
+        return str(cm.exception)
+
+    def test_reads(self) -> None:
+        p = self.dir / "a.toml"
+        p.write_text('name = "hc1"\n[agent]\nworkers = 2\n')
+        self.assertEqual(read_toml(p), {"name": "hc1", "agent": {"workers": 2}})
+
+    def test_missing(self) -> None:
+        p = self.dir / "missing.toml"
+        self.assertEqual(read_toml(p, missing_ok=True), {})
+        self.assertEqual(self.error(p), f"x config: {p}: no such config file")
+
+    def test_unreadable_and_bad(self) -> None:
+        self.assertIn("cannot read", self.error(self.dir))  # a directory
+        p = self.dir / "b.toml"
+        p.write_bytes(b"\xff\xfe")
+        self.assertIn("not UTF-8 text", self.error(p))
+        p.write_text("[agent\n")
+        message = self.error(p)
+        self.assertIn(f"x config: {p}: not valid TOML", message)
+        self.assertIn("line 1", message)
