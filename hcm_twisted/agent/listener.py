@@ -198,7 +198,7 @@ class TlsOptionsCache:
     proxy: str | None = None
     no_proxy: str | None = None
     _anchors: list[Any] | None = None
-    _by_host: dict[str, Any] = attrs.field(factory=dict)
+    _by_host: dict[tuple[str, int | None], Any] = attrs.field(factory=dict)
 
     def reset(self, ca_paths: tuple[str, ...]) -> None:
         """Use other trust anchors from now on."""
@@ -206,12 +206,14 @@ class TlsOptionsCache:
         self._anchors = None
         self._by_host.clear()
 
-    def options_for(self, host: str) -> Any:
-        if host not in self._by_host:
+    def options_for(self, host: str, port: int | None = None) -> Any:
+        """Verifying TLS options for ``host`` that resume their last session (per host, port)."""
+        key = (host, port)
+        if key not in self._by_host:
             if self._anchors is None:
                 self._anchors = tls.load_ca_certificates(list(self.ca_paths))
-            self._by_host[host] = tls.client_options(host, self._anchors or None)
-        return self._by_host[host]
+            self._by_host[key] = tls.client_options(host, self._anchors or None, resumable=True)
+        return self._by_host[key]
 
 
 def default_endpoint_maker(reactor: Any, tls_cache: TlsOptionsCache) -> EndpointMaker:
@@ -228,7 +230,7 @@ def default_endpoint_maker(reactor: Any, tls_cache: TlsOptionsCache) -> Endpoint
         else:
             endpoint = proxy.endpoint_for(reactor, host, port, via, timeout)
         if secure:
-            endpoint = wrapClientTLS(tls_cache.options_for(host), endpoint)
+            endpoint = wrapClientTLS(tls_cache.options_for(host, port), endpoint)
         return endpoint
 
     return make

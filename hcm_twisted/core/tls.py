@@ -11,13 +11,16 @@ import datetime
 import ipaddress
 import os
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+from zope.interface import implementer
 
 from hcm_twisted.core.errors import MalformedInput
 
@@ -49,17 +52,115 @@ def load_ca_certificates(paths: list[str] | str | None) -> list[ssl.Certificate]
 
 
 def client_options(
-    hostname: str, ca_certificates: list[ssl.Certificate] | None = None
+    hostname: str,
+    ca_certificates: list[ssl.Certificate] | None = None,
+    *,
+    resumable: bool = False,
 ) -> IOpenSSLClientConnectionCreator:
     """Client TLS options verifying ``hostname``.
 
     With ``ca_certificates`` those anchors are trusted in addition to the
     platform's; otherwise the platform trust store alone.
+
+    With ``resumable`` the options remember the TLS session (ticket) of their
+    last verified connection and offer it on the next one, which saves the
+    full handshake when the server accepts it.  The session stays inside the
+    returned object (one host name, one set of trust anchors): use one object
+    per (host, port) and never share it between host names.
     """
     if ca_certificates:
         trust = _CombinedTrust(ca_certificates)
-        return ssl.optionsForClientTLS(hostname, trustRoot=trust)  # type: ignore[arg-type]
-    return ssl.optionsForClientTLS(hostname)
+        options = ssl.optionsForClientTLS(hostname, trustRoot=trust)  # type: ignore[arg-type]
+    else:
+        options = ssl.optionsForClientTLS(hostname)
+    if resumable:
+        return ResumingClientOptions(options, hostname)
+    return options
+
+
+_TICKET_STATE = b"SSLv3/TLS read server session ticket"
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class ResumingClientOptions:
+    """Client TLS options that resume the last session (TLS 1.2 and 1.3 tickets).
+
+    Wraps Twisted's verifying ``ClientTLSOptions``: every connection is made
+    by it (same context, SNI, certificate and service-identity checks); this
+    only adds ``set_session`` before the handshake and keeps the session a
+    server hands out *after* a completed (hence verified) handshake.  A
+    resumed session was verified when it was first made; it is bound to this
+    object's host name and context, so it is never offered to another host.
+    With TLS 1.3 the ticket arrives after the handshake: the session is taken
+    when OpenSSL has read it (info callback), not at handshake end.
+    """
+
+    def __init__(self, options: IOpenSSLClientConnectionCreator, hostname: str) -> None:
+        self._options = options
+        self.hostname = hostname
+        self._session: SSL.Session | None = None
+        #: Connections that resumed / that made a full handshake (for tests and figures).
+        self.resumed = 0
+        self.full = 0
+
+    def forget(self) -> None:
+        """Drop the remembered session (the next connection makes a full handshake)."""
+        self._session = None
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        connection = self._options.clientConnectionForTLS(tlsProtocol)
+        if self._session is not None:
+            try:
+                connection.set_session(self._session)
+            except (ValueError, SSL.Error):  # another context: never offered
+                self._session = None
+        ticket_seen = False
+
+        def info(conn: SSL.Connection, where: int, ret: int) -> None:
+            nonlocal ticket_seen
+            if where & SSL.SSL_CB_HANDSHAKE_DONE:
+                if session_reused(conn):
+                    self.resumed += 1
+                else:
+                    self.full += 1
+            if where & SSL.SSL_CB_LOOP:
+                if conn.get_state_string() == _TICKET_STATE:
+                    ticket_seen = True
+            elif where & SSL.SSL_CB_EXIT and ret > 0 and ticket_seen:
+                # A complete handshake (the peer certificate checked) plus a
+                # fresh ticket: keep it for the next connection.
+                ticket_seen = False
+                session = conn.get_session()
+                if session is not None:
+                    self._session = session
+
+        connection.set_info_callback(info)
+        return connection
+
+
+def session_reused(connection: SSL.Connection) -> bool:
+    """Whether ``connection``'s handshake resumed a session (``SSL_session_reused``)."""
+    from OpenSSL._util import lib
+
+    return bool(lib.SSL_session_reused(connection._ssl))  # type: ignore[attr-defined]
+
+
+def enable_session_tickets(endpoint: object) -> bool:
+    """Let a Twisted ``ssl:`` server endpoint issue session tickets.
+
+    Twisted's ``CertificateOptions`` turn tickets off unless asked; the
+    ``ssl:`` endpoint string has no switch for it.  This flips the option
+    on the endpoint's not yet built context factory (ticket keys are made
+    by OpenSSL per context, in memory, per process) and checks the built
+    context.  Returns whether tickets are on; ``False`` leaves things as
+    they were (not an ``ssl:`` endpoint, or Twisted changed).
+    """
+    factory = getattr(endpoint, "_sslContextFactory", None)
+    if not isinstance(factory, ssl.CertificateOptions) or factory._context is not None:
+        return False
+    factory.enableSessionTickets = True
+    factory._options &= ~SSL.OP_NO_TICKET
+    return not (factory.getContext().set_options(0) & SSL.OP_NO_TICKET)
 
 
 class _CombinedTrust:

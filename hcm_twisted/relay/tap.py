@@ -85,6 +85,11 @@ class RelayService(service.MultiService):
         self.hub, self.factory = build(self.namespace, reactor)
         desc, self.ca_path = endpoint_description(config)
         self._endpoint = endpoints.serverFromString(reactor, desc)
+        # TLS session tickets (keys in memory, per process): returning clients resume
+        # instead of a full handshake per rendezvous/sender connection.
+        from hcm_twisted.core.tls import enable_session_tickets
+
+        enable_session_tickets(self._endpoint)
         self.port_service = StreamServerEndpointService(self._endpoint, self.factory)
         self.port_service._raiseSynchronously = True
         self.port_service.setServiceParent(self)

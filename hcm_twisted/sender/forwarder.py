@@ -94,7 +94,9 @@ class Forwarder(Factory):
         self.stats = HcStats()
         self.bridges: set[Bridge] = set()
         cs = hc.connection_string
-        self._tls = tls.client_options(cs.host, tls.load_ca_certificates(list(ca_certificates)))
+        self._tls = tls.client_options(
+            cs.host, tls.load_ca_certificates(list(ca_certificates)), resumable=True
+        )
         self.url = urls.connect_url(cs)
         #: The relay's address, remembered for a while (no resolver round trip per connection).
         self.addresses = AddressCache()

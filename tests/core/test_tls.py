@@ -2,7 +2,9 @@
 
 import os
 import stat
+from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 from OpenSSL import SSL
 from service_identity import VerificationError
@@ -102,3 +104,117 @@ class PrivateCATests(TestCase):
         yield self.assertFailure(d, SSL.Error)
         d2 = self._connect(port, "relay.test", None)  # type: ignore[arg-type]
         yield self.assertFailure(d2, SSL.Error)
+
+
+class _ReusedClient(_Client):
+    """Records whether the TLS handshake resumed a session."""
+
+    reused: bool | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.reused is None:
+            self.reused = tls.session_reused(self.transport.getHandle())  # type: ignore[union-attr]
+        super().dataReceived(data)
+
+
+class SessionResumptionTests(TestCase):
+    """Resumable client options against an ``ssl:`` server with tickets (as the relay's)."""
+
+    def setUp(self) -> None:
+        self.dir = Path(self.mktemp())
+        self.ca, self.cert, self.key = tls.ensure_private_ca(self.dir, ["relay.test", "other.test"])
+        self.anchors = tls.load_ca_certificates(str(self.ca))
+
+    @defer.inlineCallbacks
+    def _serve(
+        self, tickets: bool = True, cert: Path | None = None, key: Path | None = None
+    ) -> Generator[Any, Any, int]:
+        desc = f"ssl:0:interface=127.0.0.1:privateKey={key or self.key}:certKey={cert or self.cert}"
+        ep = endpoints.serverFromString(reactor, desc)
+        if tickets:
+            self.assertTrue(tls.enable_session_tickets(ep))
+        port = yield ep.listen(protocol.Factory.forProtocol(_Hello))
+        assert IListeningPort.providedBy(port)
+        self.addCleanup(port.stopListening)
+        return int(port.getHost().port)  # type: ignore[attr-defined]
+
+    @defer.inlineCallbacks
+    def _connect(self, port: Any, options: object) -> Generator[Any, Any, bool]:
+        ep = endpoints.wrapClientTLS(
+            options,  # type: ignore[arg-type]
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5),
+        )
+        proto = yield endpoints.connectProtocol(ep, _ReusedClient())
+        assert isinstance(proto, _ReusedClient)
+        data = yield proto.done
+        self.assertEqual(data, b"hello")
+        return bool(proto.reused)
+
+    def _options(self, host: str = "relay.test", anchors: object = None) -> tls.ResumingClientOptions:
+        options = tls.client_options(host, anchors or self.anchors, resumable=True)  # type: ignore[arg-type]
+        assert isinstance(options, tls.ResumingClientOptions)
+        return options
+
+    def test_plain_options_unchanged(self) -> None:
+        """Without ``resumable`` the options are Twisted's own, as before."""
+        self.assertNotIsInstance(tls.client_options("relay.test", self.anchors), tls.ResumingClientOptions)
+
+    def test_enable_tickets_only_on_ssl_endpoints(self) -> None:
+        self.assertFalse(tls.enable_session_tickets(endpoints.serverFromString(reactor, "tcp:0")))
+
+    @defer.inlineCallbacks
+    def test_second_connection_resumes(self) -> Generator[Any, Any, None]:
+        port = yield self._serve()
+        options = self._options()
+        first = yield self._connect(port, options)
+        second = yield self._connect(port, options)
+        third = yield self._connect(port, options)
+        self.assertEqual((first, second, third), (False, True, True))
+        self.assertEqual((options.full, options.resumed), (1, 2))
+
+    @defer.inlineCallbacks
+    def test_no_tickets_no_resumption(self) -> Generator[Any, Any, None]:
+        """Twisted's default server options (tickets off, no cache): every handshake is full."""
+        port = yield self._serve(tickets=False)
+        options = self._options()
+        first = yield self._connect(port, options)
+        second = yield self._connect(port, options)
+        self.assertEqual((first, second), (False, False))
+        self.assertEqual((options.full, options.resumed), (2, 0))
+
+    @defer.inlineCallbacks
+    def test_other_host_does_not_get_the_session(self) -> Generator[Any, Any, None]:
+        port = yield self._serve()
+        relay, other = self._options("relay.test"), self._options("other.test")
+        yield self._connect(port, relay)
+        self.assertIsNotNone(relay._session)
+        reused = yield self._connect(port, other)
+        self.assertFalse(reused)
+        self.assertEqual((other.full, other.resumed), (1, 0))
+        # A session is bound to the options (context) that made it: it cannot be offered elsewhere.
+        conn = SSL.Connection(SSL.Context(SSL.TLS_METHOD), None)
+        assert relay._session is not None
+        with self.assertRaises(ValueError):
+            conn.set_session(relay._session)
+
+    @defer.inlineCallbacks
+    def test_verification_failures_still_fail(self) -> Generator[Any, Any, None]:
+        port = yield self._serve()
+        # Wrong host name: fails, and nothing is kept to resume.
+        wrong = self._options("wrong.test")
+        yield self.assertFailure(self._connect(port, wrong), VerificationError)  # type: ignore[arg-type]
+        self.assertIsNone(wrong._session)
+        # Untrusted anchors: fails, nothing kept.
+        other_dir = Path(self.mktemp())
+        other_ca, other_cert, other_key = tls.ensure_private_ca(other_dir, ["relay.test"])
+        untrusted = self._options("relay.test", tls.load_ca_certificates(str(other_ca)))
+        yield self.assertFailure(self._connect(port, untrusted), SSL.Error)  # type: ignore[arg-type]
+        self.assertIsNone(untrusted._session)
+        # A remembered session does not vouch for another server under the same name:
+        # an impostor (certificate from an untrusted CA) cannot resume and fails verification.
+        options = self._options()
+        yield self._connect(port, options)
+        self.assertIsNotNone(options._session)
+        impostor = yield self._serve(cert=other_cert, key=other_key)
+        yield self.assertFailure(self._connect(impostor, options), SSL.Error)  # type: ignore[arg-type]
+        self.assertEqual(options.resumed, 0)
