@@ -12,11 +12,14 @@ import os
 import re
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = os.environ.get("HCM_TEST_PYTHON", sys.executable)
@@ -129,3 +132,45 @@ def hcm_cli(args: Sequence[str], cwd: Path | None = None, env: dict[str, str] | 
     """Run the ``hcm`` command (as ``python -m hcm_twisted.cli``)."""
     return subprocess.run([PYTHON, "-m", "hcm_twisted.cli", *args], cwd=cwd, env=child_env(env),
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0, step: float = 0.1) -> Any:
+    """Poll ``check`` until it returns something true; TimeoutError names ``what``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(step)
+    raise TimeoutError(f"{what}: not after {timeout} s (last: {last!r})")
+
+
+class _EchoHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                break
+            sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+
+
+class EchoServer(socketserver.ThreadingTCPServer):
+    """A threaded TCP echo endpoint on loopback: echoes until EOF, then half-closes."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _EchoHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()

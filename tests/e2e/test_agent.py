@@ -14,11 +14,9 @@ import re
 import shutil
 import signal
 import socket
-import socketserver
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,25 +26,10 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from hcm_twisted.agent import admin
 from tests.e2e import harness
+from tests.e2e.harness import wait_for
 from tests.e2e.relayfixture import Relay, start_relay
 
 _log = Logger()
-
-
-class _Echo(socketserver.BaseRequestHandler):
-    def handle(self) -> None:
-        sock: socket.socket = self.request
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-
-
-class _EchoServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
 
 
 def alive(pid: int) -> bool:
@@ -58,32 +41,19 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float, step: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(step)
-    raise TimeoutError(f"{what}: not after {timeout} s (last: {last!r})")
-
-
 class AgentE2E(SynchronousTestCase):
     relay: Relay
     root: Path
-    echo: _EchoServer
+    echo: harness.EchoServer
 
     def setUp(self) -> None:
         # A short directory: the admin unix socket lives beside the agent's config.
         self.root = Path(tempfile.mkdtemp(prefix="hcm-e2e-agent-", dir="/tmp"))  # noqa: S108
         if not os.environ.get("HCM_KEEP_E2E"):
             self.addCleanup(shutil.rmtree, self.root, ignore_errors=True)
-        self.echo = _EchoServer(("127.0.0.1", 0), _Echo)
-        threading.Thread(target=self.echo.serve_forever, daemon=True).start()
-        self.addCleanup(self.echo.server_close)
-        self.addCleanup(self.echo.shutdown)
-        port = self.echo.server_address[1]
+        self.echo = harness.EchoServer()
+        self.addCleanup(self.echo.close)
+        port = self.echo.port
         metadata = json.dumps([{"key": "endpoint", "value": f"127.0.0.1:{port}"}])
         self.relay = start_relay(
             self.root / "relay", hcs=("hc1", "hc2", {"name": "hcmeta", "user-metadata": metadata}),
@@ -94,7 +64,7 @@ class AgentE2E(SynchronousTestCase):
 
     @property
     def echo_endpoint(self) -> str:
-        return f"127.0.0.1:{self.echo.server_address[1]}"
+        return f"127.0.0.1:{self.echo.port}"
 
     def start_agent(self, workers: int, hcs: list[str],
                     drain_timeout: float = 1) -> tuple[harness.Proc, Path]:

@@ -14,11 +14,8 @@ import json
 import os
 import shutil
 import socket
-import socketserver
 import tempfile
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,38 +24,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from hcm_twisted.agent import admin
 from tests.e2e import harness
+from tests.e2e.harness import wait_for
 from tests.e2e.relayfixture import start_relay
 
 TINYPROXY = shutil.which("tinyproxy") or (
     "/usr/bin/tinyproxy" if os.path.exists("/usr/bin/tinyproxy") else None)
 USER, PASSWORD = "hcm", "proxy-secret-4711"
-
-
-class _Echo(socketserver.BaseRequestHandler):
-    def handle(self) -> None:
-        sock: socket.socket = self.request
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                break
-            sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-
-
-class _EchoServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise TimeoutError(f"{what}: not after {timeout} s (last: {last!r})")
 
 
 class AgentThroughProxy(SynchronousTestCase):
@@ -67,12 +38,10 @@ class AgentThroughProxy(SynchronousTestCase):
             raise self.skipTest("tinyproxy is not installed (apt-get install tinyproxy)")
         self.root = Path(tempfile.mkdtemp(prefix="hcm-e2e-proxy-", dir="/tmp"))  # noqa: S108
         self.addCleanup(shutil.rmtree, self.root, ignore_errors=True)
-        self.echo = _EchoServer(("127.0.0.1", 0), _Echo)
-        threading.Thread(target=self.echo.serve_forever, daemon=True).start()
-        self.addCleanup(self.echo.server_close)
-        self.addCleanup(self.echo.shutdown)
+        self.echo = harness.EchoServer()
+        self.addCleanup(self.echo.close)
         metadata = json.dumps([{"key": "endpoint",
-                                "value": f"127.0.0.1:{self.echo.server_address[1]}"}])
+                                "value": f"127.0.0.1:{self.echo.port}"}])
         self.relay = start_relay(self.root / "relay",
                                  hcs=({"name": "hc1", "user-metadata": metadata},))
         self.addCleanup(self.relay.stop)
@@ -128,7 +97,7 @@ class AgentThroughProxy(SynchronousTestCase):
         item = wait_for("both workers connected through the proxy", lambda: (
             (s := self.status(admin_endpoint))["connected"] and len(s["workers"]) == 2
             and all(w["state"] == "connected" for w in s["workers"]) and s))
-        self.assertEqual(item["endpoint"], f"127.0.0.1:{self.echo.server_address[1]}")
+        self.assertEqual(item["endpoint"], f"127.0.0.1:{self.echo.port}")
         # The runtime GET and two control channels.
         self.assertGreaterEqual(self.connects(), 3)
         self.assertNotIn(PASSWORD, json.dumps(item))
