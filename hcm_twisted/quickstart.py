@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -52,21 +52,29 @@ def _write_private(path: Path, text: str) -> None:
     os.chmod(path, 0o600)
 
 
-class _Child:
-    """A child program (own session, so Ctrl-C reaches only us); output in ``NAME.log``."""
+class ChildProcess:
+    """A child program (own session, so Ctrl-C reaches only us); output in ``NAME.log``.
 
-    def __init__(self, name: str, args: list[str], directory: Path) -> None:
+    ``env`` (default: this process's environment) gets this checkout on ``PYTHONPATH``.
+    The end-to-end test harness builds on this class too.
+    """
+
+    def __init__(
+        self, name: str, args: list[str], directory: Path, env: Mapping[str, str] | None = None
+    ) -> None:
         self.name = name
         self.log_path = directory / f"{name}.log"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
         self._offset = self._log.tell()  # an earlier run's lines are not ours
-        env = dict(os.environ)
-        env["PYTHONUNBUFFERED"] = "1"
+        child_env = dict(os.environ if env is None else env)
+        child_env["PYTHONUNBUFFERED"] = "1"
         root = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        path = child_env.get("PYTHONPATH", "")
+        if root not in path.split(os.pathsep):
+            child_env["PYTHONPATH"] = root + (os.pathsep + path if path else "")
         self.popen = subprocess.Popen(
             args, cwd=directory, stdout=self._log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+            stdin=subprocess.DEVNULL, env=child_env, start_new_session=True,
         )
 
     @property
@@ -252,7 +260,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None) -> int
     paths = write_configs(directory, relay_port, sender_port, echo_port, max(1, args.workers),
                           admin_socket)
     python = sys.executable
-    children: list[_Child] = []
+    children: list[ChildProcess] = []
 
     def say(text: str = "") -> None:
         print(text, file=out, flush=True)
@@ -275,20 +283,20 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None) -> int
     echo_listener = None
     try:
         say(f"hcm quickstart: configs and logs in {directory}")
-        relay = _Child("hcm-relay", [python, "-m", "twisted", "hcm-relay", "--config",
+        relay = ChildProcess("hcm-relay", [python, "-m", "twisted", "hcm-relay", "--config",
                                      str(paths["relay"])], directory)
         children.append(relay)
         relay.wait_for(r"hcm-relay listening on", args.timeout)
         say(f"  relay   listening on wss://localhost:{relay_port} (pid {relay.pid})")
         echo_listener = _start_echo(echo_port)
         say(f"  echo    endpoint on 127.0.0.1:{echo_port} (in this process)")
-        agent = _Child("hcm-agent", [python, "-m", "twisted", "hcm", "--config",
+        agent = ChildProcess("hcm-agent", [python, "-m", "twisted", "hcm", "--config",
                                      str(paths["agent"])], directory)
         children.append(agent)
         agent.wait_for(r"hcm agent ready", args.timeout)
         agent.wait_for(r"control channel connected", args.timeout)
         say(f"  agent   {args.workers} worker(s) listening on '{HC_NAME}' (pid {agent.pid})")
-        sender = _Child("hcm-sender", [python, "-m", "twisted", "hcm-sender", "--config",
+        sender = ChildProcess("hcm-sender", [python, "-m", "twisted", "hcm-sender", "--config",
                                        str(paths["sender"])], directory)
         children.append(sender)
         sender.wait_for(r"hcm-sender listening on", args.timeout)

@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from hcm_twisted.quickstart import ChildProcess
+
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = os.environ.get("HCM_TEST_PYTHON", sys.executable)
 
@@ -59,23 +61,15 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-class Proc:
-    """A child process with its output in ``log_path``."""
+class Proc(ChildProcess):
+    """A child process with its output in ``log_path`` (the quickstart's process handling,
+    with what tests want on top: the whole log, regex waits that time out, signals)."""
 
     def __init__(self, args: Sequence[str], cwd: Path, name: str, env: dict[str, str] | None = None):
-        self.name = name
-        self.log_path = cwd / f"{name}.log"
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
-        self.popen = subprocess.Popen(
-            list(args), cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=child_env(env), start_new_session=True,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
+        super().__init__(name, list(args), cwd, env=child_env(env))
 
     def output(self) -> str:
+        """Everything in the log file, earlier runs under the same name included."""
         self._log.flush()
         return self.log_path.read_text(errors="replace")
 
@@ -95,24 +89,6 @@ class Proc:
     def signal(self, sig: int) -> None:
         if self.popen.poll() is None:
             os.kill(self.popen.pid, sig)
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM, then SIGKILL after ``timeout``; returns the exit status."""
-        if self.popen.poll() is None:
-            try:
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.popen.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.popen.wait(5)
-        self._log.close()
-        return self.popen.returncode
 
     def kill(self) -> None:
         """SIGKILL this process only (not its group)."""
