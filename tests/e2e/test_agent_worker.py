@@ -310,29 +310,47 @@ def payload_of(size: int, seed: int) -> bytes:
 # ---- the tests ----------------------------------------------------------------------
 
 
-class WorkerEndToEnd(unittest.TestCase):
-    timeout = 120
+class WorkerStack:
+    """A relay, a TCP echo endpoint and one real worker driven over AMP, for a test case."""
 
-    async def start(self) -> None:
-        self.dir = Path(self.mktemp())
+    dir: Path
+    relay: Relay
+    cas: list[Any]
+    echo: EchoFactory
+    echo_port: int
+    worker: WorkerProcess
+
+    async def start_stack(self, relay_hcs: tuple[str, ...], endpoints: dict[str, str | None],
+                          extra_toml: str = "", lifetime: float = 3600) -> None:
+        """Start everything; ``endpoints`` maps each HC the worker listens on to its endpoint
+        (None: the echo endpoint)."""
+        test: Any = self
+        self.dir = Path(test.mktemp()).resolve()
         self.dir.mkdir(parents=True)
-        self.relay = start_relay(self.dir, hcs=("hc1", "hc2"))
-        self.addCleanup(self.relay.stop)
+        self.relay = start_relay(self.dir, hcs=relay_hcs, extra_toml=extra_toml)
+        test.addCleanup(self.relay.stop)
         self.cas = tls.load_ca_certificates(str(self.relay.ca_path))
         self.echo = EchoFactory()
         port = await TCP4ServerEndpoint(R, 0, interface="127.0.0.1").listen(self.echo)
-        self.addCleanup(port.stopListening)
+        test.addCleanup(port.stopListening)
         self.echo_port = port.getHost().port
         self.worker = WorkerProcess.spawn(self.dir / "worker.log")
-        self.addCleanup(self.worker.stop)
+        test.addCleanup(self.worker.stop)
         await self.worker.wait_log("hcm worker ready")
-        dead = f"127.0.0.1:{harness.free_port()}"
         await self.worker.call(commands.SetHybridConnections, hcs=[
-            hc_item(self.relay, "hc1", f"127.0.0.1:{self.echo_port}"),
-            hc_item(self.relay, "hc2", dead),
+            hc_item(self.relay, name, endpoint or f"127.0.0.1:{self.echo_port}", lifetime=lifetime)
+            for name, endpoint in endpoints.items()
         ])
-        await self.worker.wait_log(r"control channel connected: hc1")
-        await self.worker.wait_log(r"control channel connected: hc2")
+        for name in endpoints:
+            await self.worker.wait_log(rf"control channel connected: {name}")
+
+
+class WorkerEndToEnd(WorkerStack, unittest.TestCase):
+    timeout = 120
+
+    async def start(self) -> None:
+        dead = f"127.0.0.1:{harness.free_port()}"
+        await self.start_stack(("hc1", "hc2"), {"hc1": None, "hc2": dead})
 
     def setUp(self) -> defer.Deferred[None]:  # type: ignore[override]
         return defer.ensureDeferred(self.start())

@@ -5,22 +5,17 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.trial import unittest
 
 from hcm_twisted.agent import commands
-from hcm_twisted.core import connstr, tls, urls
+from hcm_twisted.core import connstr, urls
 from tests.e2e import harness, relayclient
-from tests.e2e.relayfixture import start_relay
 from tests.e2e.test_agent_worker import (
-    EchoFactory,
-    R,
     SendFailed,
-    WorkerProcess,
+    WorkerStack,
     hc_item,
     mint,
     payload_of,
@@ -29,27 +24,12 @@ from tests.e2e.test_agent_worker import (
 )
 
 
-class WorkerResilience(unittest.TestCase):
+class WorkerResilience(WorkerStack, unittest.TestCase):
     timeout = 120
 
     async def start(self, extra_toml: str = "", lifetime: float = 3600,
                     hcs: tuple[str, ...] = ("hc1",)) -> None:
-        self.dir = Path(self.mktemp()).resolve()
-        self.dir.mkdir(parents=True)
-        self.relay = start_relay(self.dir, hcs=hcs, extra_toml=extra_toml)
-        self.addCleanup(self.relay.stop)
-        self.cas = tls.load_ca_certificates(str(self.relay.ca_path))
-        self.echo = EchoFactory()
-        port = await TCP4ServerEndpoint(R, 0, interface="127.0.0.1").listen(self.echo)
-        self.addCleanup(port.stopListening)
-        self.echo_port = port.getHost().port
-        self.worker = WorkerProcess.spawn(self.dir / "worker.log")
-        self.addCleanup(self.worker.stop)
-        await self.worker.wait_log("hcm worker ready")
-        await self.worker.call(commands.SetHybridConnections, hcs=[
-            hc_item(self.relay, "hc1", f"127.0.0.1:{port.getHost().port}", lifetime=lifetime),
-        ])
-        await self.worker.wait_log(r"control channel connected: hc1")
+        await self.start_stack(hcs, {"hc1": None}, extra_toml=extra_toml, lifetime=lifetime)
 
     async def transfer(self, size: int = 64 * 1024, seed: int = 7) -> None:
         payload = payload_of(size, seed)
