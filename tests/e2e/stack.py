@@ -173,13 +173,16 @@ class PatternClient(protocol.Protocol):
 
 
 def run_pattern(port: int, size: int, rate: float = 0.0, host: str = "127.0.0.1",
-                timeout: float = 60.0) -> defer.Deferred[PatternClient]:
-    """Connect, run a :class:`PatternClient`; fires when the connection is closed.
+                timeout: float = 60.0,
+                client: PatternClient | None = None) -> defer.Deferred[PatternClient]:
+    """Connect, run a :class:`PatternClient` (``client``, or a new one); fires when the
+    connection is closed.
 
     A connection still open after ``timeout`` is aborted (and reported as such: its
     ``reason`` is then a ``TimeoutError`` failure).
     """
-    client = PatternClient(size, rate)
+    if client is None:
+        client = PatternClient(size, rate)
     ep = endpoints.TCP4ClientEndpoint(reactor, host, port, timeout=10)
 
     def connected(_: Any) -> defer.Deferred[PatternClient]:

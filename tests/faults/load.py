@@ -7,7 +7,7 @@ from typing import Any
 
 from twisted.internet import defer
 
-from tests.e2e.stack import PatternClient, run_pattern
+from tests.e2e.stack import PatternClient, run_pattern, wait_until
 
 
 class Load:
@@ -26,6 +26,7 @@ class Load:
         self.timeout = timeout
         self.clients: list[PatternClient] = []
         self.running: set[defer.Deferred[PatternClient]] = set()
+        self.live: set[PatternClient] = set()
         self._stopping = False
         self._retries: list[Any] = []
 
@@ -37,11 +38,15 @@ class Load:
     def _one(self) -> None:
         if self._stopping:
             return
-        d = run_pattern(self.port, self.size, rate=self.rate, timeout=self.timeout)
+        client = PatternClient(self.size, self.rate)
+        d = run_pattern(self.port, self.size, rate=self.rate, timeout=self.timeout,
+                        client=client)
         self.running.add(d)
+        self.live.add(client)
 
         def done(client: PatternClient) -> None:
             self.running.discard(d)
+            self.live.discard(client)
             self.clients.append(client)
             if not self._stopping:
                 # A failed connection is retried after a short pause (no busy loop).
@@ -53,6 +58,15 @@ class Load:
                     reactor.callLater(delay, self._one))  # type: ignore[attr-defined]
 
         d.addCallback(done)
+
+    async def mid_transfer(self, completed: int = 4, timeout: float = 20.0) -> None:
+        """Wait until ``completed`` transfers are done and another one is mid-way: some of
+        its bytes came back through the whole path, and not all of them yet.  A fault
+        injected right after this hits at least one transfer in flight."""
+        await wait_until(
+            lambda: len(self.completed()) >= completed
+            and any(0 < c.count < c.size for c in self.live),
+            timeout, what=f"{completed} transfers done and one mid-way")
 
     async def stop(self) -> list[PatternClient]:
         self._stopping = True

@@ -160,7 +160,7 @@ class FaultTests(TestCase):
         relay = self.stack.relay
         assert relay is not None and relay.proc is not None
         load = self.load(self.port, concurrency=4, size=1 << 20, rate=1 << 20).start()
-        await wait_until(lambda: len(load.completed()) >= 4, 20, what="first transfers")
+        await load.mid_transfer()
         relay.proc.kill()
         killed = time.monotonic()
         await sleep(1.0)
@@ -189,7 +189,7 @@ class FaultTests(TestCase):
         relay = self.stack.relay
         assert relay is not None and relay.proc is not None
         load = self.load(self.port, concurrency=4, size=1 << 20, rate=1 << 20).start()
-        await wait_until(lambda: len(load.completed()) >= 4, 20, what="first transfers")
+        await load.mid_transfer()
         stopped = time.monotonic()
         await threads.deferToThread(relay.stop)
         relay.start()
@@ -212,7 +212,7 @@ class FaultTests(TestCase):
         assert agent is not None
         before = agent.output().count("control channel connected: hc1")
         load = self.load(self.port, concurrency=4, size=512 << 10, rate=1 << 20).start()
-        await wait_until(lambda: len(load.completed()) >= 4, 20, what="first transfers")
+        await load.mid_transfer()
         # ping-interval 1 s gives a pong timeout of 1 s: pause for twice that and a bit.
         relay.proc.signal(signal.SIGSTOP)
         try:
@@ -247,7 +247,7 @@ class FaultTests(TestCase):
             return agent.output().count("control channel connected: hc1")
 
         load = self.load(self.port, concurrency=4, size=1 << 20, rate=1 << 20).start()
-        await wait_until(lambda: len(load.completed()) >= 4, 20, what="first transfers")
+        await load.mid_transfer()
         for round_ in range(2):
             want = connects() + 2
             relay.proc.signal(signal.SIGUSR1)
