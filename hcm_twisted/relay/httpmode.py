@@ -13,6 +13,7 @@ from xml.sax.saxutils import escape
 import attrs
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -116,6 +117,8 @@ class HttpMode:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.requests = 0
+        #: Sender HTTP connection -> the rendezvous kept for its later requests.
+        self._kept: dict[Any, RelayProtocol] = {}
 
     # -- the sender side ------------------------------------------------------
 
@@ -135,6 +138,9 @@ class HttpMode:
             authorize(self.hub.namespace, entity, SEND, token, self.hub.reactor.seconds(), suffix)
         except TokenRejected as e:
             return self._fail(request, e.status, e.reason)
+        kept_rdv = self._kept_rendezvous(request, entity)
+        if kept_rdv is not None:
+            return self._send_on_rendezvous(kept_rdv, request, entity, path, query, where)
         listener = self.hub.pick_listener(entity, headers)
         if listener is None:
             return self._fail(request, 502, f"{NOT_FOUND} No listener is connected.",
@@ -174,6 +180,84 @@ class HttpMode:
                        listener=listener.listener_id,
                        rdv=" (rendezvous only)" if rendezvous_only else "")
         return NOT_DONE_YET
+
+    # -- a rendezvous kept for the sender's later requests (spec section 7) --------
+    #
+    # "Once a rendezvous exists for a sender, later requests from the same sender HTTP
+    # connection arrive on it and must be answered on it; if the listener drops it, the
+    # service drops the sender's connection."  Kept: rendezvous the listener opened for a
+    # rendezvous-only request (both Microsoft clients then read requests from it in a loop).
+    # A rendezvous opened only to send a large response is closed after it, as before.
+
+    def _kept_rendezvous(self, request: Request, entity: Entity) -> RelayProtocol | None:
+        rdv = self._kept.get(request.channel)
+        if rdv is None:
+            return None
+        if rdv.state != rdv.STATE_OPEN or rdv.entity is not entity or (
+            isinstance(self.hub.pending.get(rdv.request_id or ""), PendingRequest)
+        ):
+            # Closing, another HC on this connection, or still busy: a new request path.
+            return None
+        return rdv
+
+    def _send_on_rendezvous(self, rdv: RelayProtocol, request: Request, entity: Entity,
+                            path: str, query: str, where: str | None) -> int:
+        from hcm_twisted.relay.server import remote_endpoint, strip_relay_query
+
+        rid = str(uuid.uuid4())
+        kept = strip_relay_query(query)
+        scheme = "wss" if rdv.secure else "ws"
+        host = rdv.listener_host or self.hub.config.namespace
+        address = (f"{scheme}://{host}/$hc/{path.lstrip('/')}"
+                   f"?sb-hc-action=request&sb-hc-id={rid}")
+        body = request.content.read() if request.content is not None else b""
+        message = messages.Request(
+            address=address, id=rid, request_target=path + (f"?{kept}" if kept else ""),
+            method=request.method.decode("latin-1"),
+            request_headers=request_headers(request, drop_authorization=where == "Authorization"),
+            body=bool(body), remote_endpoint=remote_endpoint(request.transport),
+        )
+        pending = PendingRequest(rid, entity, request, rdv, message, b"", True,
+                                 rendezvous=rdv, sent_on_rendezvous=True)
+        pending.timer = self.hub.reactor.callLater(
+            self.hub.config.request_timeout, self._timed_out, pending
+        )
+        self.hub.pending[rid] = pending
+        rdv.request_id = rid
+        self.requests += 1
+        self.hub.hc_stats(entity)["http_requests_total"] += 1
+        request.notifyFinish().addBoth(self._sender_done, pending)
+        rdv.sendMessage(messages.encode(message).encode("utf-8"), isBinary=False)
+        if body:
+            rdv.sendMessage(body, isBinary=True)
+        self._log.info("request {id} {method} on {hc} sent on the sender's rendezvous",
+                       id=rid, method=message.method, hc=entity.name)
+        return NOT_DONE_YET
+
+    def _keep(self, rdv: RelayProtocol, channel: Any) -> bool:
+        """Keep ``rdv`` for ``channel``'s next requests; False if it cannot be kept."""
+        if not rdv.http_reusable or not isinstance(channel, HTTPChannel) or (
+            channel.transport is None or getattr(channel, "_hc_gone", False)
+            or not getattr(channel, "persistent", True)
+        ):
+            return False
+        if rdv.http_channel is None:
+            rdv.http_channel = channel
+            self._kept[channel] = rdv
+            lost = channel.connectionLost
+
+            def connection_lost(reason: Any) -> None:
+                channel._hc_gone = True  # type: ignore[attr-defined]
+                lost(reason)
+                self._sender_channel_gone(channel)
+
+            channel.connectionLost = connection_lost  # type: ignore[method-assign]
+        return True
+
+    def _sender_channel_gone(self, channel: Any) -> None:
+        rdv = self._kept.pop(channel, None)
+        if rdv is not None and rdv.state == rdv.STATE_OPEN:
+            rdv._send_close(1000, "The sender closed its connection.")
 
     def _fail(self, request: Request, status: int, reason: str, code: str | None = None) -> bytes:
         from hcm_twisted.relay.server import clean_reason
@@ -233,12 +317,14 @@ class HttpMode:
             if transport is not None:
                 transport.abortConnection()
             return
+        channel = getattr(pending.request, "channel", None)  # gone after finish()
+        rdv = pending.rendezvous
+        keep = rdv is not None and rdv.state == rdv.STATE_OPEN and self._keep(rdv, channel)
         try:
             pending.request.finish()
         except Exception as e:  # the sender's connection is gone
             self._log.debug("request {id}: finish failed: {e}", id=pending.id, e=e)
-        rdv = pending.rendezvous
-        if rdv is not None and rdv.state == rdv.STATE_OPEN:
+        if rdv is not None and rdv.state == rdv.STATE_OPEN and not keep:
             rdv._send_close(1000, "Request complete.")
 
     def _respond(self, pending: PendingRequest, response: messages.Response,
@@ -328,6 +414,7 @@ class HttpMode:
         proto.role = "request"
         proto.request_id = rid
         proto.entity = pending.entity
+        proto.listener_host = pending.listener.listener_host  # for later requests' addresses
         pending.rendezvous = proto
         return None
 
@@ -338,6 +425,7 @@ class HttpMode:
             return
         if pending.rendezvous_only and not pending.sent_on_rendezvous:
             pending.sent_on_rendezvous = True
+            proto.http_reusable = True
             proto.sendMessage(messages.encode(pending.message).encode("utf-8"), isBinary=False)
             if pending.body:
                 proto.sendMessage(pending.body, isBinary=True)
@@ -355,6 +443,13 @@ class HttpMode:
                         pending.request, 502, "The listener dropped the rendezvous.",
                         "ListenerGone"))
                     self._finish(pending)
+        channel = proto.http_channel
+        if channel is not None and self._kept.get(channel) is proto:
+            # The listener dropped the sender's rendezvous: drop the sender's connection
+            # (after what was already written to it).
+            del self._kept[channel]
+            self._log.info("the rendezvous of an HTTP sender closed: closing its connection")
+            channel.loseConnection()
 
     def rendezvous_message_limit(self, proto: RelayProtocol, binary: bool) -> int:
         pending = self.hub.pending.get(proto.request_id or "")

@@ -385,6 +385,10 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         self.pairs: list[tuple[str, str]] = []
         self._chosen: str | None = None
         self._http_body_for: Any = None  # HTTP mode: whose response body comes next
+        #: HTTP mode: the sender's HTTP connection this rendezvous now serves (kept for its
+        #: later requests, spec section 7) and whether it may be kept (rendezvous-only).
+        self.http_channel: Any = None
+        self.http_reusable = False
         self._stats: dict[str, int] = {"": 0}
         self._stats_key = ""
 

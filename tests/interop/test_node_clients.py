@@ -561,6 +561,11 @@ class HycoHttpsTests(NodeClientsMixin, unittest.TestCase):
                 answer = json.loads(body)
                 self.assertEqual(answer["url"], target, f"step {step}")
                 self.assertEqual(answer["sha256"], sha256(data or b""), f"step {step}")
+        # Step two (over 64 kB) made a rendezvous; the relay kept it for this connection and
+        # sent the three later requests on it, where hyco-https answered them (spec section 7).
+        harness.wait_for("the relay's log", lambda: self.relay.output().count(
+            "sent on the sender's rendezvous") >= 3, 10)
+        self.assertEqual(self.relay.output().count("sent on the sender's rendezvous"), 3)
 
     def test_large_request_and_large_response(self) -> None:
         """Over 64 kB both ways: rendezvous for the body and for the answer."""

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import struct
 from typing import Any
 from xml.etree import ElementTree
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 
 from hcm_twisted.relay import httpmode
@@ -15,6 +17,7 @@ from tests.relay.common import (
     RelayUnitTest,
     Transport,
     client_frame,
+    close_frame,
     send_token,
 )
 
@@ -32,7 +35,15 @@ class HttpConn:
         lines = [f"{method} {target} HTTP/1.1", "Host: localhost:9443",
                  f"Content-Length: {len(body)}"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-        self.proto.dataReceived(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        # After the first request head the sniffer has handed the connection over.
+        proto = getattr(self.transport, "protocol", None) or self.proto
+        proto.dataReceived(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+
+    def take_response(self) -> tuple[int, str, dict[str, str], bytes]:
+        """The response so far, then forget it (the next one on this connection follows)."""
+        out = self.response()
+        self.transport.clear()
+        return out
 
     def response(self) -> tuple[int, str, dict[str, str], bytes]:
         data = self.transport.value()
@@ -132,6 +143,105 @@ class HttpModeTests(RelayUnitTest):
         rdv.send(client_frame(0, b"y", fin=True))
         code, _, _, body = http.response()
         self.assertEqual((code, len(body), body[-1:]), (200, 100_001, b"y"))
+
+    def _rendezvous_request(self, listener: Conn, http: HttpConn) -> tuple[Conn, str]:
+        """A 70 kB PUT on ``http``: answered on the rendezvous it makes (204, no body)."""
+        http.request("PUT", "/open/big", b"z" * 70_000)
+        (_, text), = self.messages_of(listener)
+        stub = json.loads(text)["request"]
+        rdv = self.open(stub["address"][stub["address"].index("/$hc/"):])
+        self.assertIn(" 101 ", rdv.status)
+        (_, full), (_, body) = self.messages_of(rdv)
+        self.assertEqual((json.loads(full)["request"]["method"], len(body)), ("PUT", 70_000))
+        rdv.text(json.dumps({"response": {"requestId": stub["id"], "statusCode": 204,
+                                          "body": False}}))
+        self.assertEqual(http.take_response()[0], 204)
+        return rdv, stub["id"]
+
+    def test_rendezvous_kept_for_the_senders_later_requests(self) -> None:
+        """Spec section 7: once a sender's HTTP connection has a rendezvous, its later
+        requests arrive on it (whatever their size) and are answered on it."""
+        listener = self.listen("open")
+        http = HttpConn(self)
+        rdv, first_id = self._rendezvous_request(listener, http)
+        self.assertEqual(rdv.frames(), [], "the rendezvous stays open")
+        # A small GET: on the rendezvous, not the control channel.
+        http.request("GET", "/open/two?a=1&sb-hc-id=zz", headers={"X-Step": "2"})
+        self.assertEqual(listener.frames(), [])
+        (op, text), = self.messages_of(rdv)
+        msg = json.loads(text)["request"]
+        self.assertEqual((op, msg["method"], msg["requestTarget"], msg["body"]),
+                         (1, "GET", "/open/two?a=1", False))
+        self.assertEqual(msg["requestHeaders"], {"X-Step": "2"})
+        self.assertNotEqual(msg["id"], first_id)
+        rdv.text(json.dumps({"response": {"requestId": msg["id"], "statusCode": 200,
+                                          "body": True}}))
+        rdv.binary(b"two")
+        self.assertEqual(http.take_response()[::3], (200, b"two"))
+        # A POST with a small body: the request, then its body, on the rendezvous.
+        http.request("POST", "/open/three", b"payload")
+        (op1, text), (op2, body) = self.messages_of(rdv)
+        msg = json.loads(text)["request"]
+        self.assertEqual((op1, op2, msg["method"], msg["body"], body),
+                         (1, 2, "POST", True, b"payload"))
+        # A response for another request id is ignored; the right one is taken.
+        rdv.text(json.dumps({"response": {"requestId": first_id, "statusCode": 500}}))
+        self.assertEqual(http.transport.value(), b"")
+        rdv.text(json.dumps({"response": {"requestId": msg["id"], "statusCode": 201,
+                                          "body": False}}))
+        self.assertEqual(http.take_response()[0], 201)
+        self.assertEqual(listener.frames(), [])
+        self.assertEqual(self.hub.pending, {})
+        # The listener drops the rendezvous: the relay drops the sender's connection.
+        self.assertFalse(http.transport.disconnecting)
+        rdv.send(close_frame(1000))
+        rdv.proto.connectionLost(Failure(ConnectionDone()))
+        self.assertTrue(http.transport.disconnecting)
+        self.assertTrue(listener.proto.is_live_listener())
+
+    def test_kept_rendezvous_closed_with_the_senders_connection(self) -> None:
+        listener = self.listen("open")
+        http = HttpConn(self)
+        rdv, _ = self._rendezvous_request(listener, http)
+        http.transport.protocol.connectionLost(Failure(ConnectionDone()))
+        (fin, op, payload), = rdv.frames()
+        self.assertEqual((op, struct.unpack("!H", payload[:2])[0]), (8, 1000))
+
+    def test_connection_close_does_not_keep_the_rendezvous(self) -> None:
+        listener = self.listen("open")
+        http = HttpConn(self)
+        http.request("PUT", "/open/big", b"z" * 70_000, {"Connection": "close"})
+        (_, text), = self.messages_of(listener)
+        stub = json.loads(text)["request"]
+        rdv = self.open(stub["address"][stub["address"].index("/$hc/"):])
+        rdv.take()
+        rdv.text(json.dumps({"response": {"requestId": stub["id"], "statusCode": 200,
+                                          "body": False}}))
+        self.assertEqual(http.response()[0], 200)
+        (_, op, payload), = rdv.frames()
+        self.assertEqual((op, struct.unpack("!H", payload[:2])[0]), (8, 1000))
+
+    def test_response_rendezvous_is_not_kept(self) -> None:
+        """A rendezvous the listener opens only to send a large response is closed after
+        it (hyco-https does not read requests from it); later requests use the control
+        channel."""
+        listener = self.listen("open")
+        http = HttpConn(self)
+        http.request("GET", "/open/one")
+        (_, text), = self.messages_of(listener)
+        msg = json.loads(text)["request"]
+        rdv = self.open(msg["address"][msg["address"].index("/$hc/"):])
+        self.assertIn(" 101 ", rdv.status)
+        rdv.text(json.dumps({"response": {"requestId": msg["id"], "statusCode": 200,
+                                          "body": True}}))
+        rdv.binary(b"r" * 100_000)
+        code, _, _, body = http.take_response()
+        self.assertEqual((code, len(body)), (200, 100_000))
+        (_, op, payload), = rdv.frames()
+        self.assertEqual((op, struct.unpack("!H", payload[:2])[0]), (8, 1000))
+        http.request("GET", "/open/two")
+        (_, text), = self.messages_of(listener)
+        self.assertEqual(json.loads(text)["request"]["requestTarget"], "/open/two")
 
     def test_deadline_504_and_no_listener_502(self) -> None:
         http = HttpConn(self)
