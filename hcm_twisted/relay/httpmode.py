@@ -124,7 +124,7 @@ class HttpMode:
 
     def handle(self, request: Request, entity: Entity, suffix: str) -> bytes | int:
         from hcm_twisted.relay.auth import SEND, authorize
-        from hcm_twisted.relay.server import NOT_FOUND, remote_endpoint, strip_relay_query
+        from hcm_twisted.relay.server import NOT_FOUND
 
         raw = (request.uri or b"/").decode("latin-1")
         path, _, query = raw.partition("?")
@@ -145,29 +145,12 @@ class HttpMode:
         if listener is None:
             return self._fail(request, 502, f"{NOT_FOUND} No listener is connected.",
                               code="NoListener")
-        rid = str(uuid.uuid4())
-        kept = strip_relay_query(query)
-        target = path + (f"?{kept}" if kept else "")
-        scheme = "wss" if listener.secure else "ws"
-        address = (f"{scheme}://{listener.listener_host}/$hc/{path.lstrip('/')}"
-                   f"?sb-hc-action=request&sb-hc-id={rid}")
-        body = request.content.read() if request.content is not None else b""
-        message = messages.Request(
-            address=address, id=rid, request_target=target,
-            method=request.method.decode("latin-1"),
-            request_headers=request_headers(request, drop_authorization=where == "Authorization"),
-            body=bool(body), remote_endpoint=remote_endpoint(request.transport),
-        )
+        message, body = self._request_message(request, listener, path, query, where)
         text = messages.encode(message).encode("utf-8")
         rendezvous_only = len(body) > MAX_INLINE_BODY or len(text) > MAX_INLINE_HEADERS
-        pending = PendingRequest(rid, entity, request, listener, message, body, rendezvous_only)
-        pending.timer = self.hub.reactor.callLater(
-            self.hub.config.request_timeout, self._timed_out, pending
-        )
-        self.hub.pending[rid] = pending
-        self.requests += 1
-        self.hub.hc_stats(entity)["http_requests_total"] += 1
-        request.notifyFinish().addBoth(self._sender_done, pending)
+        rid, address = message.id, message.address
+        self._register(PendingRequest(rid, entity, request, listener, message, body,
+                                      rendezvous_only))
         if rendezvous_only:
             stub = messages.Request(address=address, id=rid)
             listener.sendMessage(messages.encode(stub).encode("utf-8"), isBinary=False)
@@ -202,37 +185,47 @@ class HttpMode:
 
     def _send_on_rendezvous(self, rdv: RelayProtocol, request: Request, entity: Entity,
                             path: str, query: str, where: str | None) -> int:
-        from hcm_twisted.relay.server import remote_endpoint, strip_relay_query
-
-        rid = str(uuid.uuid4())
-        kept = strip_relay_query(query)
-        scheme = "wss" if rdv.secure else "ws"
-        host = rdv.listener_host or self.hub.config.namespace
-        address = (f"{scheme}://{host}/$hc/{path.lstrip('/')}"
-                   f"?sb-hc-action=request&sb-hc-id={rid}")
-        body = request.content.read() if request.content is not None else b""
-        message = messages.Request(
-            address=address, id=rid, request_target=path + (f"?{kept}" if kept else ""),
-            method=request.method.decode("latin-1"),
-            request_headers=request_headers(request, drop_authorization=where == "Authorization"),
-            body=bool(body), remote_endpoint=remote_endpoint(request.transport),
-        )
-        pending = PendingRequest(rid, entity, request, rdv, message, b"", True,
-                                 rendezvous=rdv, sent_on_rendezvous=True)
-        pending.timer = self.hub.reactor.callLater(
-            self.hub.config.request_timeout, self._timed_out, pending
-        )
-        self.hub.pending[rid] = pending
-        rdv.request_id = rid
-        self.requests += 1
-        self.hub.hc_stats(entity)["http_requests_total"] += 1
-        request.notifyFinish().addBoth(self._sender_done, pending)
+        message, body = self._request_message(request, rdv, path, query, where)
+        self._register(PendingRequest(message.id, entity, request, rdv, message, b"", True,
+                                      rendezvous=rdv, sent_on_rendezvous=True))
+        rdv.request_id = message.id
         rdv.sendMessage(messages.encode(message).encode("utf-8"), isBinary=False)
         if body:
             rdv.sendMessage(body, isBinary=True)
         self._log.info("request {id} {method} on {hc} sent on the sender's rendezvous",
-                       id=rid, method=message.method, hc=entity.name)
+                       id=message.id, method=message.method, hc=entity.name)
         return NOT_DONE_YET
+
+    def _request_message(self, request: Request, via: RelayProtocol, path: str, query: str,
+                         where: str | None) -> tuple[messages.Request, bytes]:
+        """The ``request`` message for the sender's ``request`` (and its body), with an
+        address on the host the listener ``via`` used."""
+        from hcm_twisted.relay.server import remote_endpoint, strip_relay_query
+
+        rid = str(uuid.uuid4())
+        kept = strip_relay_query(query)
+        scheme = "wss" if via.secure else "ws"
+        host = via.listener_host or self.hub.config.namespace
+        body = request.content.read() if request.content is not None else b""
+        message = messages.Request(
+            address=(f"{scheme}://{host}/$hc/{path.lstrip('/')}"
+                     f"?sb-hc-action=request&sb-hc-id={rid}"),
+            id=rid, request_target=path + (f"?{kept}" if kept else ""),
+            method=request.method.decode("latin-1"),
+            request_headers=request_headers(request, drop_authorization=where == "Authorization"),
+            body=bool(body), remote_endpoint=remote_endpoint(request.transport),
+        )
+        return message, body
+
+    def _register(self, pending: PendingRequest) -> None:
+        """Track ``pending`` until it is answered, the deadline passes or the sender leaves."""
+        pending.timer = self.hub.reactor.callLater(
+            self.hub.config.request_timeout, self._timed_out, pending
+        )
+        self.hub.pending[pending.id] = pending
+        self.requests += 1
+        self.hub.hc_stats(pending.entity)["http_requests_total"] += 1
+        pending.request.notifyFinish().addBoth(self._sender_done, pending)
 
     def _keep(self, rdv: RelayProtocol, channel: Any) -> bool:
         """Keep ``rdv`` for ``channel``'s next requests; False if it cannot be kept."""
