@@ -556,8 +556,75 @@ def _access_log(timestamp: str, request: Request) -> str:
     )
 
 
+class RelayRequest(Request):
+    """A sender's HTTP request, refused with 413 once its body passes ``max-request-body``
+    (at once when ``Content-Length`` says so), before the relay has stored it."""
+
+    _log = Logger()
+    _too_large = False
+    _received = 0
+
+    def _limit(self) -> int:
+        site = getattr(self.channel, "site", None)
+        hub = getattr(site, "hcm_hub", None)
+        if hub is None:
+            from hcm_twisted.relay.namespace import DEFAULT_MAX_REQUEST_BODY
+
+            return DEFAULT_MAX_REQUEST_BODY
+        return int(hub.config.max_request_body)
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self._limit():
+            self._refuse(length)
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._too_large:
+            return
+        self._received += len(data)
+        if self._received > self._limit():
+            self._refuse(None)
+            return
+        super().handleContentChunk(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._too_large:
+            return  # answered 413 already; the connection is closing
+        super().requestReceived(command, path, version)
+
+    def _refuse(self, length: int | None) -> None:
+        from io import BytesIO
+
+        limit = self._limit()
+        self._too_large = True
+        self.content = BytesIO()
+        # No "100 Continue" after this answer (Twisted sends it after gotLength).
+        self.requestHeaders.removeHeader(b"expect")
+        body = json.dumps({"error": {
+            "code": "RequestEntityTooLarge",
+            "message": f"The request body is larger than this relay's limit of {limit} bytes "
+                       "(max-request-body).",
+        }}).encode()
+        channel = self.channel
+        if channel.transport is None:
+            return
+        channel.transport.write(
+            b"HTTP/1.1 413 Request Entity Too Large\r\n"
+            b"Content-Type: application/json; charset=utf-8\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n"
+            b"Connection: close\r\n\r\n" + body
+        )
+        channel.loseConnection()
+        self._log.info("HTTP request refused (413): body {size} over the limit of {limit} bytes",
+                       size=f"of {length} bytes" if length is not None else "(chunked)",
+                       limit=limit)
+
+
 def make_site(hub: Hub) -> Site:
     site = Site(RootResource(hub), logFormatter=_access_log, reactor=hub.reactor)
+    site.requestFactory = RelayRequest
+    site.hcm_hub = hub  # type: ignore[attr-defined]  # RelayRequest reads its limit here
     if not hub.config.log_requests:
         site.log = lambda request: None  # type: ignore[method-assign]
     site.displayTracebacks = False

@@ -54,6 +54,9 @@ class HybridConnectionConfig:
     rules: tuple[RuleConfig, ...] = ()
 
 
+DEFAULT_MAX_REQUEST_BODY = 64 * 1024 * 1024
+
+
 @attrs.frozen
 class RelayConfig:
     """The whole relay configuration."""
@@ -67,6 +70,7 @@ class RelayConfig:
     token_grace: float = 5.0
     accept_timeout: float = 30.0
     request_timeout: float = 60.0
+    max_request_body: int = DEFAULT_MAX_REQUEST_BODY
     max_listeners: int = 25
     handshake_timeout: float = 10.0
     close_timeout: float = 2.0
@@ -89,7 +93,7 @@ class RelayConfig:
 
 _TOP_KEYS = {
     "namespace", "aliases", "endpoint", "state", "authorization-rule", "hybrid-connection",
-    "token-grace", "accept-timeout", "request-timeout", "max-listeners", "handshake-timeout",
+    "token-grace", "accept-timeout", "request-timeout", "max-request-body", "max-listeners", "handshake-timeout",
     "close-timeout", "half-close-timeout", "ping-interval", "log-requests", "metrics",
     "listener-recycle", "log-format", "log-level",
 }
@@ -214,6 +218,9 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | str = ".") -> RelayCo
     max_listeners = data.get("max-listeners", 25)
     if isinstance(max_listeners, bool) or not isinstance(max_listeners, int) or max_listeners < 1:
         raise MalformedInput(f"{where}: 'max-listeners' must be a positive integer")
+    max_body = data.get("max-request-body", DEFAULT_MAX_REQUEST_BODY)
+    if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 0:
+        raise MalformedInput(f"{where}: 'max-request-body' must be a number of bytes (>= 0)")
     return RelayConfig(
         namespace=namespace.lower(),
         aliases=tuple(a.lower() for a in aliases),
@@ -224,6 +231,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | str = ".") -> RelayCo
         token_grace=_number(data, "token-grace", 5.0),
         accept_timeout=_number(data, "accept-timeout", 30.0, 0.1),
         request_timeout=_number(data, "request-timeout", 60.0, 0.1),
+        max_request_body=max_body,
         max_listeners=max_listeners,
         handshake_timeout=_number(data, "handshake-timeout", 10.0, 0.1),
         close_timeout=_number(data, "close-timeout", 2.0, 0.1),

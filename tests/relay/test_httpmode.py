@@ -289,3 +289,44 @@ class HttpModeTests(RelayUnitTest):
         self.assertEqual(desc.findtext(f"{ns}UserMetadata"),
                          '[{"key":"endpoint","value":"db:1433"}]')
         self.assertEqual(root.findtext("{http://www.w3.org/2005/Atom}title"), "hc1")
+
+
+class BodyLimitTests(RelayUnitTest):
+    """``max-request-body``: a larger body gets 413 before the relay stores it."""
+
+    config_overrides = {"max-request-body": 1000}
+
+    def test_at_the_limit_passes(self) -> None:
+        listener = self.listen("open")
+        http = HttpConn(self)
+        http.request("POST", "/open/x", b"b" * 1000)
+        (_, text), (_, body) = [(op, p) for _, op, p in listener.frames()]
+        self.assertEqual((json.loads(text)["request"]["method"], body), ("POST", b"b" * 1000))
+        self.assertFalse(http.transport.disconnecting)
+
+    def test_content_length_over_the_limit(self) -> None:
+        listener = self.listen("open")
+        http = HttpConn(self)
+        http.request("POST", "/open/x", b"b" * 1001, {"Expect": "100-continue"})
+        code, _, headers, body = http.response()
+        self.assertEqual(code, 413)
+        self.assertEqual(json.loads(body)["error"]["code"], "RequestEntityTooLarge")
+        self.assertIn("1000 bytes", json.loads(body)["error"]["message"])
+        self.assertNotIn(b"100 Continue", http.transport.value())
+        self.assertTrue(http.transport.disconnecting)
+        self.assertEqual(listener.frames(), [])
+        self.assertEqual(self.hub.pending, {})
+
+    def test_chunked_body_over_the_limit(self) -> None:
+        listener = self.listen("open")
+        http = HttpConn(self)
+        head = (b"POST /open/x HTTP/1.1\r\nHost: localhost:9443\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n")
+        chunk = b"258\r\n" + b"c" * 600 + b"\r\n"  # 600 bytes a chunk
+        http.proto.dataReceived(head + chunk)
+        self.assertEqual(http.transport.value(), b"")
+        proto = http.transport.protocol  # the HTTP channel, after the sniffer
+        proto.dataReceived(chunk + chunk + b"0\r\n\r\n")
+        self.assertEqual(http.response()[0], 413)
+        self.assertTrue(http.transport.disconnecting)
+        self.assertEqual(listener.frames(), [])

@@ -36,6 +36,9 @@ class ConfigTests(unittest.TestCase):
                                                                       "max-listeners": 3}), "/x")
         self.assertEqual(cfg.hosts, ("localhost", "relay.example"))
         self.assertEqual((cfg.token_grace, cfg.max_listeners), (1.0, 3))
+        self.assertEqual(cfg.max_request_body, 64 << 20)
+        limited = parse_config({"max-request-body": 1000}, "/x")
+        self.assertEqual(limited.max_request_body, 1000)
         hc1 = cfg.hybrid_connections[0]
         self.assertEqual(hc1.name, "hc1")
         self.assertTrue(hc1.requires_client_authorization)
@@ -60,6 +63,8 @@ class ConfigTests(unittest.TestCase):
         self.assertBad({"hybrid-connection": [{"name": "a/$b"}]}, "entity path")
         self.assertBad({"token-grace": "5"}, "'token-grace'")
         self.assertBad({"max-listeners": 0}, "'max-listeners'")
+        self.assertBad({"max-request-body": -1}, "'max-request-body'")
+        self.assertBad({"max-request-body": "64M"}, "'max-request-body'")
         self.assertBad({"hybrid-connection": [{"name": "a",
                                                 "requires-client-authorization": "yes"}]},
                        "'requires-client-authorization'")
