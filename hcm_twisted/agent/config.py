@@ -30,7 +30,6 @@ before it is written atomically with mode 0600.
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -68,7 +67,6 @@ _AGENT_KEYS = frozenset(
 )
 _HC_KEYS = frozenset({"name", "connection-string", "endpoint"})
 _TOP_KEYS = frozenset({"agent", "hybrid-connection"})
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,259}$")
 
 
 @attrs.frozen(repr=False)
@@ -142,25 +140,8 @@ def escape_endpoint_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:")
 
 
-def parse_endpoint(text: str, what: str = "endpoint") -> tuple[str, int]:
-    """``"host:port"`` (IPv6 in brackets) to ``(host, port)``; :class:`MalformedInput` else."""
-    if not isinstance(text, str) or not text.strip():
-        raise MalformedInput(f"{what}: must be 'host:port'")
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise MalformedInput(f"{what}: {text!r} is not '[v6-address]:port'")
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep or ":" in host:
-            raise MalformedInput(f"{what}: {text!r} is not 'host:port'")
-    if not host or any(c.isspace() or c in "/?#@" for c in host):
-        raise MalformedInput(f"{what}: {text!r} has no valid host")
-    if not port_text.isascii() or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise MalformedInput(f"{what}: {text!r} has no valid port (1-65535)")
-    return host, int(port_text)
+#: ``"host:port"`` to ``(host, port)`` (the shared parser; kept under this name).
+parse_endpoint = configfile.parse_host_port
 
 
 def _where(path: Path) -> str:
@@ -214,7 +195,7 @@ def _parse_hc(item: Any, label: str, where: str = "") -> HybridConnectionConfig:
         raise MalformedInput(
             _join(label, "name: missing (and the connection string has no EntityPath)")
         )
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not configfile.HC_NAME.match(name):
         raise MalformedInput(
             _join(label, f"name: {name!r} is not a valid name (letters, digits, '.', '_', '-', '/')")
         )
@@ -262,29 +243,10 @@ def parse_document(doc: Mapping[str, Any], path: Path) -> AgentConfig:
     if not isinstance(log_level, str) or log_level.strip().lower() not in LOG_LEVELS:
         raise MalformedInput(f"{where}: [agent] log-level: must be one of {', '.join(LOG_LEVELS)}")
     log_level = log_level.strip().lower()
-    proxy_url = agent.get("proxy")
-    if proxy_url is not None:
-        if not isinstance(proxy_url, str):
-            raise MalformedInput(f"{where}: [agent] proxy: must be an http:// URL or \"none\"")
-        if proxy_url.strip().lower() not in ("", "none", "direct"):
-            from hcm_twisted.core import proxy as proxymod
-
-            try:
-                proxymod.parse_proxy_url(proxy_url, "proxy")
-            except MalformedInput as e:
-                raise MalformedInput(f"{where}: [agent] {e}") from None
-    no_proxy = agent.get("no-proxy")
-    if isinstance(no_proxy, list) and all(isinstance(n, str) for n in no_proxy):
-        no_proxy = ",".join(n.strip() for n in no_proxy)
-    if no_proxy is not None and not isinstance(no_proxy, str):
-        raise MalformedInput(f"{where}: [agent] no-proxy: must be a list of hosts or a comma-separated string")
-    cas = agent.get("ca-certificates", [])
-    if isinstance(cas, str):
-        cas = [cas]
-    if not isinstance(cas, list) or not all(isinstance(c, str) and c for c in cas):
-        raise MalformedInput(f"{where}: [agent] ca-certificates: must be a path or a list of paths")
-    base = path.resolve().parent
-    ca_paths = tuple(str((base / os.path.expanduser(c)).resolve()) for c in cas)
+    proxy_url = configfile.proxy_setting(agent.get("proxy"), f"{where}: [agent]")
+    no_proxy = configfile.no_proxy_setting(agent.get("no-proxy"), f"{where}: [agent]")
+    ca_paths = configfile.ca_certificate_paths(
+        agent.get("ca-certificates", []), f"{where}: [agent]", path.resolve().parent)
 
     items = doc.get("hybrid-connection", [])
     if not isinstance(items, list):

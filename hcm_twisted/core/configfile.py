@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -40,3 +42,64 @@ def loads(text: str, where: str) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise MalformedInput(f"{where}: not valid TOML ({e})") from None
+
+
+#: A hybrid connection's name in the agent's and the sender's configs.
+HC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,259}$")
+
+
+def parse_host_port(text: str, what: str = "endpoint") -> tuple[str, int]:
+    """``"host:port"`` (IPv6 in brackets) to ``(host, port)``; :class:`MalformedInput`
+    naming ``what`` and what is wrong otherwise."""
+    if not isinstance(text, str) or not text.strip():
+        raise MalformedInput(f"{what}: must be 'host:port'")
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise MalformedInput(f"{what}: {text!r} is not '[v6-address]:port'")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or ":" in host:
+            raise MalformedInput(f"{what}: {text!r} is not 'host:port'")
+    if not host or any(c.isspace() or c in "/?#@" for c in host):
+        raise MalformedInput(f"{what}: {text!r} has no valid host")
+    if not port_text.isascii() or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise MalformedInput(f"{what}: {text!r} has no valid port (1-65535)")
+    return host, int(port_text)
+
+
+def proxy_setting(value: Any, where: str) -> str | None:
+    """The ``proxy`` key: an ``http://`` proxy URL, or ``"none"``/``"direct"``/empty."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise MalformedInput(f"{where} proxy: must be an http:// URL or \"none\"")
+    if value.strip().lower() not in ("", "none", "direct"):
+        from hcm_twisted.core import proxy as proxymod
+
+        try:
+            proxymod.parse_proxy_url(value, "proxy")
+        except MalformedInput as e:
+            raise MalformedInput(f"{where} {e}") from None
+    return value
+
+
+def no_proxy_setting(value: Any, where: str) -> str | None:
+    """The ``no-proxy`` key: a list of hosts or a comma-separated string."""
+    if isinstance(value, list) and all(isinstance(n, str) for n in value):
+        value = ",".join(n.strip() for n in value)
+    if value is not None and not isinstance(value, str):
+        raise MalformedInput(
+            f"{where} no-proxy: must be a list of hosts or a comma-separated string")
+    return value
+
+
+def ca_certificate_paths(value: Any, where: str, base: Path) -> tuple[str, ...]:
+    """The ``ca-certificates`` key (a path or a list of paths), resolved against ``base``."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(c, str) and c for c in value):
+        raise MalformedInput(f"{where} ca-certificates: must be a path or a list of paths")
+    return tuple(str((base / os.path.expanduser(c)).resolve()) for c in value)

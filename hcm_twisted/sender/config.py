@@ -35,7 +35,6 @@ Every unknown or bad key is a :class:`MalformedInput` naming the key and the fil
 from __future__ import annotations
 
 import ipaddress
-import re
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +57,6 @@ _TOP_KEYS = frozenset(
     }
 )
 _HC_KEYS = frozenset({"name", "connection-string", "listen", "endpoint", "address"})
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,259}$")
 
 
 @attrs.frozen(repr=False)
@@ -101,21 +99,8 @@ class SenderConfig:
     no_proxy: str | None = None
 
 
-def split_host_port(text: str, what: str) -> tuple[str, int]:
-    """``host:port`` (IPv6 in brackets); :class:`MalformedInput` naming ``what``."""
-    value = text.strip()
-    if value.startswith("["):
-        host, sep, rest = value[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise MalformedInput(f"{what}: {text!r} is not host:port")
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = value.rpartition(":")
-        if not sep or ":" in host:
-            raise MalformedInput(f"{what}: {text!r} is not host:port")
-    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise MalformedInput(f"{what}: {text!r} is not host:port")
-    return host, int(port_text)
+#: ``host:port`` to ``(host, port)`` (the shared parser; kept under this name).
+split_host_port = configfile.parse_host_port
 
 
 def _number(doc: dict[str, Any], key: str, default: float, where: str) -> float:
@@ -131,12 +116,7 @@ def parse(doc: dict[str, Any], path: Path) -> SenderConfig:
     if unknown:
         raise MalformedInput(f"{where}: unknown key {sorted(unknown)[0]!r}")
     base = path.resolve().parent
-    cas = doc.get("ca-certificates", [])
-    if isinstance(cas, str):
-        cas = [cas]
-    if not isinstance(cas, list) or not all(isinstance(c, str) and c for c in cas):
-        raise MalformedInput(f"{where}: ca-certificates: must be a path or a list of paths")
-    ca_paths = tuple(str(base / c) for c in cas)
+    ca_paths = configfile.ca_certificate_paths(doc.get("ca-certificates", []), f"{where}:", base)
     for ca in ca_paths:
         if not Path(ca).is_file():
             raise MalformedInput(f"{where}: ca-certificates: {ca} does not exist")
@@ -162,7 +142,7 @@ def parse(doc: dict[str, Any], path: Path) -> SenderConfig:
         except MalformedInput as e:
             raise MalformedInput(f"{w}: {e}") from None
         name = h.get("name", cs.entity_path)
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not configfile.HC_NAME.match(name):
             raise MalformedInput(f"{w}: name: missing or not a valid name")
         if cs.entity_path is None:
             cs = cs.with_entity(name)
@@ -208,8 +188,8 @@ def parse(doc: dict[str, Any], path: Path) -> SenderConfig:
         log_format=_choice(doc, "log-format", "text", LOG_FORMATS, where),
         log_level=_choice(doc, "log-level", "info", LOG_LEVELS, where),
         ping_interval=_ping_interval(doc, where),
-        proxy=_proxy(doc, where),
-        no_proxy=_no_proxy(doc, where),
+        proxy=configfile.proxy_setting(doc.get("proxy"), f"{where}:"),
+        no_proxy=configfile.no_proxy_setting(doc.get("no-proxy"), f"{where}:"),
     )
 
 
@@ -218,31 +198,6 @@ def _ping_interval(doc: dict[str, Any], where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise MalformedInput(f"{where}: ping-interval: must be a number of seconds (0: off)")
     return float(value)
-
-
-def _proxy(doc: dict[str, Any], where: str) -> str | None:
-    value = doc.get("proxy")
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise MalformedInput(f"{where}: proxy: must be an http:// URL or \"none\"")
-    if value.strip().lower() not in ("", "none", "direct"):
-        from hcm_twisted.core import proxy as proxymod
-
-        try:
-            proxymod.parse_proxy_url(value, "proxy")
-        except MalformedInput as e:
-            raise MalformedInput(f"{where}: {e}") from None
-    return value
-
-
-def _no_proxy(doc: dict[str, Any], where: str) -> str | None:
-    value = doc.get("no-proxy")
-    if isinstance(value, list) and all(isinstance(n, str) for n in value):
-        value = ",".join(n.strip() for n in value)
-    if value is not None and not isinstance(value, str):
-        raise MalformedInput(f"{where}: no-proxy: must be a list of hosts or a comma-separated string")
-    return value
 
 
 def _choice(doc: dict[str, Any], key: str, default: str, choices: tuple[str, ...],
