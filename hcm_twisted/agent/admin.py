@@ -188,7 +188,9 @@ def client_address(description: str) -> tuple[str, Any]:
     raise AdminError(f"admin endpoint {description!r}: hcm can only reach unix: and tcp: endpoints")
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """``http.client`` over the agent's unix admin socket."""
+
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
         self._path = path
@@ -214,7 +216,7 @@ def request(description: str, method: str, path: str,
     kind, address = client_address(description)
     conn: http.client.HTTPConnection
     if kind == "unix":
-        conn = _UnixHTTPConnection(address, timeout)
+        conn = UnixHTTPConnection(address, timeout)
     else:
         conn = http.client.HTTPConnection(address[0], address[1], timeout=timeout)
     where = address if kind == "unix" else f"{address[0]}:{address[1]}"

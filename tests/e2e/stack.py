@@ -16,12 +16,10 @@ so a lost, duplicated or reordered byte is caught where it happens, not only in 
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import re
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -37,6 +35,7 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from hcm_twisted.agent.admin import UnixHTTPConnection
 from tests.e2e import harness
 from tests.e2e.relayfixture import Relay, start_relay
 
@@ -440,7 +439,7 @@ class Stack:
     def admin(self, method: str, path: str, body: bytes | None = None,
               timeout: float = 10.0) -> tuple[int, bytes]:
         """One blocking HTTP request to the agent's admin socket."""
-        conn = _UnixHTTPConnection(str(self.admin_sock), timeout)
+        conn = UnixHTTPConnection(str(self.admin_sock), timeout)
         try:
             conn.request(method, path, body=body)
             resp = conn.getresponse()
@@ -465,14 +464,3 @@ class Stack:
         return harness.hcm_cli(["--config", str(self.agent_config), *args], cwd=self.directory,
                                timeout=timeout)
 
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
