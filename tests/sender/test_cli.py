@@ -8,30 +8,24 @@ from pathlib import Path
 from twisted.trial.unittest import SynchronousTestCase
 
 from hcm_twisted.sender import cli, config
-
-KEY = "c2VuZC1rZXktZm9yLXRlc3RzLW9ubHktMjIyMjIyMjI="
-CS = f"Endpoint=sb://localhost:9443/;SharedAccessKeyName=defaultSender;SharedAccessKey={KEY};EntityPath="
+from tests.sender.common import CS_PREFIX, KEY, write_config
 
 
 class CliTests(SynchronousTestCase):
     def write(self) -> Path:
-        d = Path(self.mktemp())
-        d.mkdir()
-        p = d / "s.toml"
-        p.write_text(f'''
+        return write_config(self, f'''
 [[hybrid-connection]]
-connection-string = "{CS}hc1"
+connection-string = "{CS_PREFIX}hc1"
 listen = "tcp:7002"
 
 [[hybrid-connection]]
-connection-string = "{CS}db"
+connection-string = "{CS_PREFIX}db"
 endpoint = "db.internal:1433"
 
 [[hybrid-connection]]
-connection-string = "{CS}ip"
+connection-string = "{CS_PREFIX}ip"
 endpoint = "10.1.2.3:80"
 ''')
-        return p
 
     def run_cli(self, *argv: str) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()

@@ -9,19 +9,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from hcm_twisted.core.errors import MalformedInput
 from hcm_twisted.sender import config, tap
-
-KEY = "c2VuZC1rZXktZm9yLXRlc3RzLW9ubHktMjIyMjIyMjI="
-CS = f"Endpoint=sb://localhost:9443/;SharedAccessKeyName=defaultSender;SharedAccessKey={KEY};EntityPath=hc1"
+from tests.sender.common import CS, KEY, write_config
 
 
 class ConfigTests(SynchronousTestCase):
     def write(self, text: str) -> Path:
-        d = Path(self.mktemp())
-        d.mkdir()
-        (d / "ca.pem").write_text("not checked here")
-        p = d / "hcm-sender.toml"
-        p.write_text(text)
-        return p
+        return write_config(self, text)
 
     def test_full(self) -> None:
         p = self.write(f'''

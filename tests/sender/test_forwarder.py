@@ -20,10 +20,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from hcm_twisted.core import connstr, sas
 from hcm_twisted.sender.config import SenderHc
 from hcm_twisted.sender.forwarder import Forwarder
+from tests.sender.common import CS, KEY
 from tests.timers import cancel_now
 
-KEY = "c2VuZC1rZXktZm9yLXRlc3RzLW9ubHktMjIyMjIyMjI="
-CS = f"Endpoint=sb://localhost:9443/;SharedAccessKeyName=defaultSender;SharedAccessKey={KEY};EntityPath=hc1"
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
@@ -13,9 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from hcm_twisted.agent.metadata import MetadataError
 from hcm_twisted.sender import config
 from hcm_twisted.sender.forwarder import RETRY_INTERVAL, SenderService
-
-KEY = "c2VuZC1rZXktZm9yLXRlc3RzLW9ubHktMjIyMjIyMjI="
-CS = f"Endpoint=sb://localhost:9443/;SharedAccessKeyName=defaultSender;SharedAccessKey={KEY};EntityPath="
+from tests.sender.common import CS_PREFIX, KEY, write_config
 
 
 class FakeMetadata(SenderService):
@@ -30,18 +27,14 @@ class FakeMetadata(SenderService):
 
 class ServiceTests(SynchronousTestCase):
     def load(self) -> config.SenderConfig:
-        d = Path(self.mktemp())
-        d.mkdir()
-        p = d / "s.toml"
-        p.write_text(f'''
+        return config.load(write_config(self, f'''
 [[hybrid-connection]]
-connection-string = "{CS}hc1"
+connection-string = "{CS_PREFIX}hc1"
 listen = "tcp:7002:interface=127.0.0.1"
 
 [[hybrid-connection]]
-connection-string = "{CS}db"
-''')
-        return config.load(p)
+connection-string = "{CS_PREFIX}db"
+'''))
 
     def test_listens_and_retries_metadata(self) -> None:
         reactor = MemoryReactorClock()
