@@ -7,8 +7,6 @@ process).  Bytes are hashed where they are sent and where they arrive.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,102 +15,19 @@ import tomli_w
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, endpoints, protocol
 from twisted.internet import reactor as _reactor
-from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
-from zope.interface import implementer
 
 from hcm_twisted.core import connstr, messages, sas, tls, urls
 from hcm_twisted.core.bridge import Bridge, BridgeClientFactory, TcpLeg
 from tests.e2e import harness
 from tests.e2e.relayfixture import Relay, start_relay
+from tests.e2e.stack import Echo, listen, run_pattern, sleep
 from tests.timers import cancel_batched_timers
 
 reactor: Any = _reactor
 
 
 # -- pieces shared with the other sender e2e modules ------------------------------------------
-
-
-@implementer(IHalfCloseableProtocol)
-class Echo(protocol.Protocol):
-    """Echo, and close after the peer's EOF once everything is written."""
-
-    def dataReceived(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[union-attr]
-
-    def readConnectionLost(self) -> None:
-        self.transport.loseConnection()  # type: ignore[union-attr]
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-
-def listen_echo() -> Any:
-    return reactor.listenTCP(0, protocol.Factory.forProtocol(Echo), interface="127.0.0.1")
-
-
-@implementer(IHalfCloseableProtocol)
-class AppClient(protocol.Protocol):
-    """Send ``size`` random bytes, half-close, hash what comes back until the sender closes."""
-
-    def __init__(self, size: int, chunk: int = 256 * 1024) -> None:
-        self.size = size
-        self.chunk = chunk
-        self.sent = hashlib.sha256()
-        self.received = hashlib.sha256()
-        self.count = 0
-        self.closed: defer.Deferred[AppClient] = defer.Deferred()
-        self.closed_at: float | None = None
-        self._left = size
-        self._paused = False
-
-    def connectionMade(self) -> None:
-        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
-        self.resumeProducing()
-
-    # IPushProducer: write in chunks, honouring the transport's buffer.
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        while self._left > 0 and not self._paused:
-            n = min(self.chunk, self._left)
-            data = os.urandom(n)
-            self.sent.update(data)
-            self._left -= n
-            self.transport.write(data)  # type: ignore[union-attr]
-        if self._left == 0 and self.transport is not None and not self._paused:
-            self._left = -1
-            self.transport.unregisterProducer()  # type: ignore[attr-defined]
-            self.transport.loseWriteConnection()  # type: ignore[attr-defined]
-
-    def stopProducing(self) -> None:
-        self._left = -1
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received.update(data)
-        self.count += len(data)
-
-    def readConnectionLost(self) -> None:
-        self.transport.loseConnection()  # type: ignore[union-attr]
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason: Failure = Failure(Exception("lost"))) -> None:
-        self.closed_at = time.monotonic()
-        if not self.closed.called:
-            self.closed.callback(self)
-
-
-def run_client(port: int, size: int) -> defer.Deferred[AppClient]:
-    client = AppClient(size)
-    ep = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port)
-    d = endpoints.connectProtocol(ep, client)
-    d.addCallback(lambda _: client.closed)
-    return d
 
 
 def write_sender_config(directory: Path, relay: Relay, hcs: list[dict[str, Any]],
@@ -132,12 +47,6 @@ def sender_hc(relay: Relay, hc: str, port: int) -> dict[str, Any]:
         "connection-string": relay.connection_string(hc, "defaultSender"),
         "listen": f"tcp:{port}:interface=127.0.0.1",
     }
-
-
-def sleep(seconds: float) -> defer.Deferred[None]:
-    from twisted.internet.task import deferLater
-
-    return deferLater(reactor, seconds, lambda: None)
 
 
 # -- a small listener on the core bridge (what an agent worker does) ---------------------------
@@ -243,7 +152,7 @@ class SenderRelayTests(TestCase):
         self.addCleanup(self.sender.stop)
         self.sender.wait_log(rf"hcm-sender listening on 127\.0\.0\.1:{self.no_listener_port}")
         self.sender.wait_log(rf"hcm-sender listening on 127\.0\.0\.1:{self.port}")
-        self.echo = listen_echo()
+        self.echo = listen(Echo)
         self.addCleanup(self.echo.stopListening)
         self.listener = TestListener(self.relay, "hc1", self.echo.getHost().port)
         return defer.ensureDeferred(self.listener.start())
@@ -255,7 +164,7 @@ class SenderRelayTests(TestCase):
     def test_64mib_byte_exact(self) -> Any:
         size = 64 << 20
         started = time.monotonic()
-        client = yield run_client(self.port, size)
+        client = yield run_pattern(self.port, size)
         elapsed = time.monotonic() - started
         self.assertEqual(client.count, size)
         self.assertEqual(client.received.hexdigest(), client.sent.hexdigest())
@@ -268,7 +177,7 @@ class SenderRelayTests(TestCase):
     @defer.inlineCallbacks
     def test_50_concurrent_transfers(self) -> Any:
         sizes = [(i * 7919) % (512 * 1024) + 1 for i in range(50)]
-        clients = yield defer.gatherResults([run_client(self.port, n) for n in sizes])
+        clients = yield defer.gatherResults([run_pattern(self.port, n) for n in sizes])
         for client, n in zip(clients, sizes, strict=True):
             self.assertEqual(client.count, n)
             self.assertEqual(client.received.hexdigest(), client.sent.hexdigest())
@@ -278,7 +187,7 @@ class SenderRelayTests(TestCase):
     def test_no_listener_closes_app_connection_fast(self) -> Any:
         before = self.sender.output().count("the relay did not connect it")
         started = time.monotonic()
-        client = yield run_client(self.no_listener_port, 1000)
+        client = yield run_pattern(self.no_listener_port, 1000)
         self.assertLess(time.monotonic() - started, 2.0)
         self.assertEqual(client.count, 0)
         for _ in range(40):
@@ -295,7 +204,7 @@ class SenderRelayTests(TestCase):
         marker = f"{hc}: connection from"
         before = self.sender.output().count(marker)
         started = time.monotonic()
-        client = await run_client(port, 1000)
+        client = await run_pattern(port, 1000)
         self.assertLess(time.monotonic() - started, 2.0)
         self.assertEqual(client.count, 0)
         for _ in range(40):

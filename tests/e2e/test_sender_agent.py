@@ -12,22 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
-from twisted.internet import defer, endpoints, protocol
+from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from tests.e2e import harness
 from tests.e2e.relayfixture import Relay, start_relay
-from tests.e2e.test_sender import (
-    AppClient,
-    listen_echo,
-    reactor,
-    run_client,
-    sender_hc,
-    sleep,
-    write_sender_config,
-)
+from tests.e2e.stack import Echo, PatternClient, listen, reactor, run_pattern, sleep
+from tests.e2e.test_sender import sender_hc, write_sender_config
 from tests.timers import cancel_batched_timers
 
 
@@ -58,12 +51,10 @@ class FullPathTests(TestCase):
         self.addCleanup(cancel_batched_timers)
         self.directory = Path(self.mktemp()).resolve()
         self.directory.mkdir(parents=True)
-        self.echo = listen_echo()
+        self.echo = listen(Echo)
         self.addCleanup(self.echo.stopListening)
         echo_port = self.echo.getHost().port
-        self.flow_echo = reactor.listenTCP(
-            0, protocol.Factory.forProtocol(FlowEcho), interface="127.0.0.1"
-        )
+        self.flow_echo = listen(Echo)  # stops reading while its own writes are stuck
         self.addCleanup(self.flow_echo.stopListening)
         flow_port = self.flow_echo.getHost().port
         closed_port = harness.free_port()  # nothing listens there
@@ -108,7 +99,7 @@ class FullPathTests(TestCase):
     def test_64mib_byte_exact(self) -> Any:
         size = 64 << 20
         started = time.monotonic()
-        client = yield run_client(self.port, size)
+        client = yield run_pattern(self.port, size)
         elapsed = time.monotonic() - started
         self.assertEqual(client.count, size)
         self.assertEqual(client.received.hexdigest(), client.sent.hexdigest())
@@ -117,7 +108,7 @@ class FullPathTests(TestCase):
     @defer.inlineCallbacks
     def test_50_concurrent_transfers(self) -> Any:
         sizes = [(i * 7919) % (256 * 1024) + 1 for i in range(50)]
-        clients = yield defer.gatherResults([run_client(self.port, n) for n in sizes])
+        clients = yield defer.gatherResults([run_pattern(self.port, n) for n in sizes])
         for client, n in zip(clients, sizes, strict=True):
             self.assertEqual(client.count, n)
             self.assertEqual(client.received.hexdigest(), client.sent.hexdigest())
@@ -126,7 +117,7 @@ class FullPathTests(TestCase):
     def test_unreachable_endpoint_is_rejected_fast(self) -> Any:
         """The agent rejects; the sender closes the app's connection and logs the status."""
         started = time.monotonic()
-        client = yield run_client(self.down_port, 1000)
+        client = yield run_pattern(self.down_port, 1000)
         self.assertLess(time.monotonic() - started, 2.0)
         self.assertEqual(client.count, 0)
         for _ in range(40):
@@ -145,7 +136,7 @@ class FullPathTests(TestCase):
             rf"hcm-sender listening on 127\.0\.0\.7:{self.meta_port} for meta "
             rf"\(apps use 127\.0\.0\.1:{self.meta_port}\)"
         )
-        client = yield run_client_at("127.0.0.7", self.meta_port, 100_000)
+        client = yield run_pattern(self.meta_port, 100_000, host="127.0.0.7")
         self.assertEqual(client.count, 100_000)
         self.assertEqual(client.received.hexdigest(), client.sent.hexdigest())
 
@@ -165,21 +156,21 @@ class FullPathTests(TestCase):
         relay_pid = self.relay.proc.pid  # type: ignore[union-attr]
         relay_before = rss(relay_pid)
         size = 256 << 20
-        client = AppClient(size)
+        client = PatternClient(size)
         ep = endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.flow_port)
         yield endpoints.connectProtocol(ep, client)
         client.transport.pauseProducing()  # type: ignore[union-attr]  # the app does not read
         last = -1
         for _ in range(100):  # until the app's writes stall
             yield sleep(0.1)
-            if client._left == last:
+            if size - client.written == last:
                 break
-            last = client._left
+            last = size - client.written
         yield sleep(1.0)
-        print(f"\nstalled after {(size - client._left) >> 20} MiB written; growth "
+        print(f"\nstalled after {client.written >> 20} MiB written; growth "
               f"{ {p: (rss(p) - b) >> 20 for p, b in before.items()} } MiB, relay "
               f"{(rss(relay_pid) - relay_before) >> 20} MiB")
-        self.assertGreater(client._left, size // 2, "the app could write most of 256 MiB")
+        self.assertGreater(size - client.written, size // 2, "the app could write most of 256 MiB")
         for pid, start in before.items():
             grown = rss(pid) - start
             self.assertLess(grown, 48 << 20, f"pid {pid} grew by {grown >> 20} MiB")
@@ -190,23 +181,6 @@ class FullPathTests(TestCase):
 
 
 @implementer(IHalfCloseableProtocol)
-class FlowEcho(protocol.Protocol):
-    """Echo that stops reading while its own write buffer is full."""
-
-    def connectionMade(self) -> None:
-        self.transport.registerProducer(self.transport, True)  # type: ignore[union-attr]
-
-    def dataReceived(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[union-attr]
-
-    def readConnectionLost(self) -> None:
-        self.transport.unregisterProducer()  # type: ignore[union-attr]
-        self.transport.loseConnection()  # type: ignore[union-attr]
-
-    def writeConnectionLost(self) -> None:
-        pass
-
-
 def rss(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -226,10 +200,3 @@ def tomli_w_load_admin(config: Path) -> str:
 
     admin = tomllib.loads(config.read_text())["agent"]["admin"]
     return str(admin.split(":", 1)[1].split(":mode")[0])
-
-
-def run_client_at(host: str, port: int, size: int) -> Any:
-    client = AppClient(size)
-    d = endpoints.connectProtocol(endpoints.TCP4ClientEndpoint(reactor, host, port), client)
-    d.addCallback(lambda _: client.closed)
-    return d
