@@ -4,13 +4,14 @@ in one way each (host name, issuer, validity)."""
 from __future__ import annotations
 
 import datetime
-import ipaddress
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from hcm_twisted.core import tls
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> Path:
@@ -46,12 +47,7 @@ class CA:
             start, end = now - datetime.timedelta(days=20), now - datetime.timedelta(days=1)
         else:
             start, end = now - datetime.timedelta(days=1), now + datetime.timedelta(days=20)
-        alt: list[x509.GeneralName] = []
-        for n in names:
-            try:
-                alt.append(x509.IPAddress(ipaddress.ip_address(n)))
-            except ValueError:
-                alt.append(x509.DNSName(n))
+        alt = tls.subject_alt_names(names)
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
