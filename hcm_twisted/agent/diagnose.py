@@ -313,19 +313,23 @@ class Checker:
         if via is not None:
             self._add("relay DNS", SKIP, f"{host}: the proxy resolves it")
             return True
+        return await self._dns(
+            "relay DNS", host, port,
+            "check the namespace in the connection string and this host's DNS "
+            "(resolv.conf); behind a proxy, set https_proxy or the config's proxy")
+
+    async def _dns(self, step: str, host: str, port: int, hint: str) -> bool:
+        """The DNS step for ``host``: OK for an address or a name that resolves."""
         if _is_address(host):
-            self._add("relay DNS", OK, f"{host} is an address")
+            self._add(step, OK, f"{host} is an address")
             return True
         started = time.monotonic()
         try:
             addresses = await resolve(self.reactor, host, port, self.timeout)
         except Exception as e:
-            self._add("relay DNS", FAIL, f"cannot resolve {host}: {_describe(e)}",
-                      "check the namespace in the connection string and this host's DNS "
-                      "(resolv.conf); behind a proxy, set https_proxy or the config's proxy",
-                      started)
+            self._add(step, FAIL, f"cannot resolve {host}: {_describe(e)}", hint, started)
             return False
-        self._add("relay DNS", OK, f"{host} -> {', '.join(addresses[:6])}", "", started)
+        self._add(step, OK, f"{host} -> {', '.join(addresses[:6])}", "", started)
         return True
 
     async def _relay_tcp(self, host: str, port: int, via: str | None) -> bool:
@@ -442,19 +446,12 @@ class Checker:
             self._add("endpoint", FAIL, str(e), "fix the endpoint (host:port)")
             return False
         self._add("endpoint", OK, f"{endpoint} (from {source})")
-        if _is_address(ehost):
-            self._add("endpoint DNS", OK, f"{ehost} is an address")
-        else:
-            started = time.monotonic()
-            try:
-                addresses = await resolve(self.reactor, ehost, eport, self.timeout)
-            except Exception as e:
-                self._add("endpoint DNS", FAIL, f"cannot resolve {ehost}: {_describe(e)}",
-                          "the agent resolves endpoint names with this host's DNS: fix the name "
-                          "or DNS", started)
-                self._add("endpoint TCP", SKIP, "the name does not resolve")
-                return False
-            self._add("endpoint DNS", OK, f"{ehost} -> {', '.join(addresses[:6])}", "", started)
+        if not await self._dns(
+            "endpoint DNS", ehost, eport,
+            "the agent resolves endpoint names with this host's DNS: fix the name or DNS",
+        ):
+            self._add("endpoint TCP", SKIP, "the name does not resolve")
+            return False
         started = time.monotonic()
         try:
             await tcp_connect(HostnameEndpoint(self.reactor, ehost, eport, timeout=self.timeout),
