@@ -48,7 +48,7 @@ def _parser() -> _Parser:
     return parser
 
 
-def resolve_endpoints(config: SenderConfig, reactor: Any = None) -> dict[str, str | Exception]:
+def resolve_endpoints(config: SenderConfig) -> dict[str, str | Exception]:
     """``{hc name: host:port or the error}`` for DNS-mode HCs, reading metadata where needed."""
     out: dict[str, str | Exception] = {}
     missing = []
@@ -65,21 +65,17 @@ def resolve_endpoints(config: SenderConfig, reactor: Any = None) -> dict[str, st
 
 
 def _fetch_all(config: SenderConfig, hcs: list[SenderHc]) -> dict[str, str | Exception]:
-    import time
-
     from twisted.internet import defer, task
 
-    from hcm_twisted.agent import metadata
+    from hcm_twisted.sender.forwarder import metadata_client, read_endpoint
 
     results: dict[str, str | Exception] = {}
 
     async def run(reactor: Any) -> None:
-        agent = metadata.make_agent(reactor, config.ca_certificates)
+        web = metadata_client(config, reactor)
         for hc in hcs:
             try:
-                results[hc.name] = await metadata.fetch_endpoint(
-                    agent, hc.connection_string, time.time(), reactor
-                )
+                results[hc.name] = await read_endpoint(web, hc, reactor)
             except Exception as e:
                 results[hc.name] = e
 

@@ -50,9 +50,6 @@ class HcStats:
     last_error: str | None = None
     failures_by_reason: dict[str, int] = attrs.field(factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
-        return attrs.asdict(self)
-
 
 class _AppLeg(TcpLeg):
     """An accepted app connection: opens its sender WebSocket once connected."""
@@ -97,7 +94,6 @@ class Forwarder(Factory):
         self._tls = tls.client_options(
             cs.host, tls.load_ca_certificates(list(ca_certificates)), resumable=True
         )
-        self.url = urls.connect_url(cs)
         #: The relay's address, remembered for a while (no resolver round trip per connection).
         self.addresses = AddressCache()
 
@@ -215,6 +211,20 @@ def _host_of(port: IListeningPort) -> str:
     return f"{host}:{address.port}"
 
 
+def metadata_client(config: SenderConfig, reactor: Any) -> Any:
+    """The web client that reads HCs' user metadata: the config's CAs, proxy and no-proxy."""
+    from hcm_twisted.agent import metadata
+
+    return metadata.make_agent(reactor, config.ca_certificates, config.proxy, config.no_proxy)
+
+
+async def read_endpoint(web: Any, hc: SenderHc, reactor: Any) -> str:
+    """``host:port`` from ``hc``'s user metadata on the relay (the runtime GET)."""
+    from hcm_twisted.agent import metadata
+
+    return await metadata.fetch_endpoint(web, hc.connection_string, time.time(), reactor)
+
+
 class SenderService(service.Service):
     """Listens for every configured HC; resolves DNS-mode endpoints first."""
 
@@ -232,6 +242,7 @@ class SenderService(service.Service):
         self.endpoints: dict[str, str] = {}
         self._retries: dict[str, Any] = {}
         self._stopping = False
+        self._web: Any = None  # the metadata web client, made on first use
         for hc in config.hybrid_connections:
             self.forwarders[hc.name] = Forwarder(
                 hc, reactor, config.ca_certificates, config.token_lifetime,
@@ -279,12 +290,9 @@ class SenderService(service.Service):
         )
 
     async def _read_metadata(self, hc: SenderHc) -> str:
-        from hcm_twisted.agent import metadata
-
-        agent = metadata.make_agent(self._reactor, self.config.ca_certificates)
-        return await metadata.fetch_endpoint(
-            agent, hc.connection_string, time.time(), self._reactor
-        )
+        if self._web is None:
+            self._web = metadata_client(self.config, self._reactor)
+        return await read_endpoint(self._web, hc, self._reactor)
 
     def _failed(self, failure: Failure, hc: SenderHc) -> None:
         if self._stopping:
@@ -331,6 +339,3 @@ class SenderService(service.Service):
 
         defer.DeferredList(waits, consumeErrors=True).addCallback(_all_closed)
         return done
-
-    def stats(self) -> dict[str, dict[str, Any]]:
-        return {name: f.stats.to_json() for name, f in self.forwarders.items()}

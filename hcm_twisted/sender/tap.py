@@ -35,6 +35,6 @@ def makeService(options: Any, reactor: Any = None) -> service.IService:
     from hcm_twisted.core import logging as hcm_logging
     from hcm_twisted.sender.forwarder import SenderService
 
-    loaded = options["loaded"] if "loaded" in options else _config.load(options["config"])
+    loaded = options["loaded"]  # checked by postOptions
     sender = SenderService(loaded, reactor=reactor)
     return hcm_logging.configure(options, sender, loaded.log_format, loaded.log_level)

@@ -67,3 +67,25 @@ connection-string = "{CS_PREFIX}db"
         reactor.advance(6)
         self.successResultOf(d)
         self.assertEqual([c for c in reactor.getDelayedCalls() if c.active()], [])
+
+
+class MetadataClientTests(SynchronousTestCase):
+    def test_metadata_goes_through_the_configured_proxy(self) -> None:
+        """The runtime GET of an HC's metadata honours ``proxy`` and ``no-proxy`` and the CAs
+        (as the agent's does), for the service and for ``hcm sender hosts``."""
+        from hcm_twisted.agent import metadata
+        from hcm_twisted.sender import forwarder
+
+        cfg = config.load(write_config(self, f'''
+ca-certificates = "ca.pem"
+proxy = "http://proxy.example:3128"
+no-proxy = ["internal.example"]
+
+[[hybrid-connection]]
+connection-string = "{CS_PREFIX}db"
+'''))
+        made: list[tuple[Any, ...]] = []
+        self.patch(metadata, "make_agent", lambda *args: made.append(args) or object())
+        forwarder.metadata_client(cfg, "reactor")
+        self.assertEqual(made, [("reactor", cfg.ca_certificates, "http://proxy.example:3128",
+                                 "internal.example")])
