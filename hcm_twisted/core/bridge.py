@@ -73,6 +73,12 @@ _CLOSED = WebSocketProtocol.STATE_CLOSED
 #: Close codes from the WebSocket peer that mean "no more data from me" (half-close).
 _GRACEFUL = (1000, 1001)
 
+
+def graceful_close(code: int | None) -> bool:
+    """Whether a WebSocket Close ``code`` ends the stream normally: 1000, 1001, or no code
+    at all (RFC 6455's 1005, what ``ws.close()`` sends in Node); anything else cut it."""
+    return code is None or code in _GRACEFUL
+
 DEFAULT_LINGER = 60.0
 
 
@@ -466,7 +472,7 @@ class Bridge:
                 transport.unregisterProducer()
             except Exception:  # noqa: S110
                 pass
-        if opened and code not in _GRACEFUL:
+        if opened and not graceful_close(code):
             self._ws_broken = True
         self._on_ws_gone()
         self._check_done()
@@ -615,7 +621,7 @@ class WebSocketLeg:
         if (
             self.state == _OPEN
             and self._leg_opened
-            and (code is None or code in _GRACEFUL)
+            and graceful_close(code)
             and not bridge.tcp_eof
         ):
             # Half-close: keep sending what TCP still has; answer the Close later.
@@ -628,7 +634,7 @@ class WebSocketLeg:
         if self.state == _OPEN and self._leg_opened:
             # Non-graceful close: the peer is gone; the default answers it.
             bridge.ws_peer_closed = True
-            if code not in _GRACEFUL:
+            if not graceful_close(code):
                 bridge._ws_broken = True  # the stream was cut: reset TCP when it ends
         return super().onCloseFrame(code, reasonRaw)  # type: ignore[misc, no-any-return]
 

@@ -300,6 +300,32 @@ class CloseTests(SynchronousTestCase):
         self.assertEqual(self.bridge.bytes_to_ws, 8)
         self.assertEqual(self.bridge.bytes_to_tcp, 7)
 
+    def test_close_without_status_code_is_graceful(self) -> None:
+        """A Close with no status code (what ``ws.close()`` in Node sends) is a normal end:
+        TCP is half-closed, then closed with a FIN after what it still had, never reset."""
+        aborted: list[bool] = []
+        self.tcp_t.abortConnection = lambda: aborted.append(True)  # type: ignore[method-assign]
+        self.ws.proto.dataReceived(server_frame(b"request") + server_frame(b"", opcode=8))
+        self.assertTrue(self.tcp_t.write_closed)  # type: ignore[attr-defined]
+        self.leg.dataReceived(b"response")
+        self.leg.readConnectionLost()
+        self.assertEqual(self.ws.frames()[0], (2, True, b"response"))
+        self.ws.lose()
+        self.assertTrue(self.tcp_t.disconnecting)
+        self.assertEqual(aborted, [])
+        self.assertIsNone(self.bridge.failure)
+
+    def test_close_without_status_code_after_tcp_eof(self) -> None:
+        """The same when TCP had already ended: the Close answers ours, no reset."""
+        aborted: list[bool] = []
+        self.tcp_t.abortConnection = lambda: aborted.append(True)  # type: ignore[method-assign]
+        self.leg.dataReceived(b"last")
+        self.leg.readConnectionLost()
+        self.ws.proto.dataReceived(server_frame(b"", opcode=8))
+        self.ws.lose()
+        self.assertTrue(self.tcp_t.disconnecting)
+        self.assertEqual(aborted, [])
+
     def test_websocket_close_without_half_close_support(self) -> None:
         bridge = Bridge(reactor=self.clock)
         _, tcp_t = tcp_leg(bridge, half_close=False)
