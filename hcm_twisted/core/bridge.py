@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import random
 import struct
-import time
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -106,7 +105,6 @@ class _Valve:
         self.transport = transport
         self.reasons: set[str] = set()
         self.dead = False
-        self.pauses = 0  # how often the peer's buffer filled up (for tests and stats)
 
     @property
     def paused(self) -> bool:
@@ -128,7 +126,6 @@ class _Valve:
 
     # IPushProducer, driven by the other transport's write buffer.
     def pauseProducing(self) -> None:
-        self.pauses += 1
         self.pause("peer-buffer")
 
     def resumeProducing(self) -> None:
@@ -142,9 +139,9 @@ class _Valve:
 class Bridge:
     """One spliced connection: a TCP leg and a WebSocket leg.
 
-    Counters: ``bytes_to_ws`` (read from TCP, sent on the WebSocket),
-    ``bytes_to_tcp`` (received on the WebSocket, written to TCP),
-    ``messages_to_ws``, ``frames_from_ws``.  ``close_reason`` says why it ended.
+    Counters: ``bytes_to_ws`` (read from TCP, sent on the WebSocket) and
+    ``bytes_to_tcp`` (received on the WebSocket, written to TCP).  ``close_reason``
+    says why it ended.
     """
 
     _log = Logger()
@@ -170,17 +167,13 @@ class Bridge:
         self._to_tcp_pending: list[bytes] = []
         self.bytes_to_ws = 0
         self.bytes_to_tcp = 0
-        self.messages_to_ws = 0
-        self.frames_from_ws = 0
-        self.started = time.time()
-        self.joined = False
+        self.joined = False  # both legs are up (set once, by _join)
+        self._tcp_write_shut = False  # TCP half-closed after the WebSocket peer's Close
         self.tcp_eof = False  # TCP peer sent EOF (or is gone)
         self.tcp_gone = False  # TCP connection lost (or never made)
         self.ws_peer_closed = False  # the WebSocket peer sent Close
         self.ws_gone = False  # WebSocket connection lost (or never opened)
         self._ws_broken = False  # it ended with an error (not Close 1000/1001): reset TCP
-        self._tcp_ever = False
-        self._ws_ever = False
         self.close_reason: str | None = None
         self.failure: str | None = None
         self._linger_call: IDelayedCall | None = None
@@ -217,9 +210,9 @@ class Bridge:
             self.failure = reason
         if self.close_reason is None:
             self.close_reason = reason
-        if not self._tcp_ever:
+        if self.tcp is None:
             self.tcp_gone = self.tcp_eof = True
-        if not self._ws_ever:
+        if self.ws is None:
             self.ws_gone = True
         if self.tcp is not None and not self.tcp_gone:
             self._resume_all()
@@ -228,32 +221,12 @@ class Bridge:
             self.ws.close_leg(ws_code, reason[:120])
         self._check_done()
 
-    def abort(self, reason: str) -> None:
-        """Drop both connections at once, discarding buffered data."""
-        if self.close_reason is None:
-            self.close_reason = reason
-        if self.failure is None:
-            self.failure = reason
-        if not self._tcp_ever:
-            self.tcp_gone = self.tcp_eof = True
-        if not self._ws_ever:
-            self.ws_gone = True
-        for leg in (self.tcp, self.ws):
-            transport = getattr(leg, "transport", None)
-            if transport is not None:
-                if hasattr(transport, "abortConnection"):
-                    transport.abortConnection()
-                else:
-                    transport.loseConnection()
-        self._check_done()
-
     # -- legs report here -------------------------------------------------
 
     def tcp_connected(self, leg: TcpLeg) -> None:
         if self.tcp is not None:
             raise RuntimeError("bridge already has a TCP leg")
         self.tcp = leg
-        self._tcp_ever = True
         assert leg.transport is not None
         set_nodelay(leg.transport)
         write_through(leg.transport)
@@ -271,7 +244,6 @@ class Bridge:
         if self.ws is not None:
             raise RuntimeError("bridge already has a WebSocket leg")
         self.ws = leg
-        self._ws_ever = True
         set_nodelay(leg.transport)
         write_through(leg.transport)
         self._ws_valve = _Valve(leg.transport)
@@ -314,7 +286,7 @@ class Bridge:
     # TCP -> WebSocket
 
     def from_tcp(self, data: bytes) -> None:
-        if self.ws is None or not self.joined:
+        if not self.joined:
             self._to_ws_pending.append(data)
             return
         self._write_ws(data)
@@ -323,7 +295,6 @@ class Bridge:
         assert self.ws is not None
         if self.ws.send_binary(data):
             self.bytes_to_ws += len(data)
-            self.messages_to_ws += 1
             # Send the TLS record now, not on the next reactor iteration (latency).
             flush_tls(self.ws.transport)
 
@@ -375,21 +346,18 @@ class Bridge:
     # WebSocket -> TCP
 
     def from_ws(self, data: bytes) -> None:
-        self.frames_from_ws += 1
         if not data:
             return
-        if self.tcp is None or not self.joined:
+        if not self.joined:
             self._to_tcp_pending.append(data)
             return
         self._write_tcp(data)
 
     def _write_tcp(self, data: bytes) -> None:
-        if self.tcp_gone or self.ws_peer_closed and self._tcp_write_shut:
+        if self.tcp_gone or self._tcp_write_shut:
             return
         self.tcp.transport.write(data)  # type: ignore[union-attr]
         self.bytes_to_tcp += len(data)
-
-    _tcp_write_shut = False
 
     def ws_peer_closed_graceful(self) -> None:
         """The WebSocket peer sent Close 1000/1001 and we have not closed yet."""
@@ -454,7 +422,6 @@ class Bridge:
         """The WebSocket connection is gone (``opened``: it had been open)."""
         self.ws_gone = True
         if not opened:
-            self._ws_ever = False
             if self.failure is None:
                 self.failure = reason or "websocket connection failed"
         if self._ws_valve is not None:
@@ -513,8 +480,8 @@ class Bridge:
     def _check_done(self) -> None:
         if self._done:
             return
-        tcp_done = self.tcp_gone or not self._tcp_ever and self.failure is not None
-        ws_done = self.ws_gone or not self._ws_ever and self.failure is not None
+        tcp_done = self.tcp_gone or self.tcp is None and self.failure is not None
+        ws_done = self.ws_gone or self.ws is None and self.failure is not None
         if tcp_done and ws_done:
             self._done = True
             if self._linger_call is not None and self._linger_call.active():
@@ -533,16 +500,6 @@ class Bridge:
     @property
     def ws_paused(self) -> bool:
         return self._ws_valve is not None and self._ws_valve.paused
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "bytes_to_ws": self.bytes_to_ws,
-            "bytes_to_tcp": self.bytes_to_tcp,
-            "messages_to_ws": self.messages_to_ws,
-            "frames_from_ws": self.frames_from_ws,
-            "done": self._done,
-            "close_reason": self.close_reason,
-        }
 
 
 @implementer(IHalfCloseableProtocol)
