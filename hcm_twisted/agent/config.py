@@ -140,8 +140,7 @@ def escape_endpoint_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:")
 
 
-#: ``"host:port"`` to ``(host, port)`` (the shared parser; kept under this name).
-parse_endpoint = configfile.parse_host_port
+
 
 
 def _where(path: Path) -> str:
@@ -206,7 +205,7 @@ def _parse_hc(item: Any, label: str, where: str = "") -> HybridConnectionConfig:
     endpoint = item.get("endpoint")
     if endpoint is not None:
         try:
-            parse_endpoint(endpoint)
+            configfile.parse_host_port(endpoint)
         except MalformedInput as e:
             raise MalformedInput(_join(label, str(e))) from None
         endpoint = endpoint.strip()

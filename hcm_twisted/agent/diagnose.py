@@ -46,6 +46,7 @@ from zope.interface import implementer
 
 from hcm_twisted.agent import config as agent_config
 from hcm_twisted.core import connstr, proxy, sas, tls, urls
+from hcm_twisted.core.configfile import parse_host_port
 from hcm_twisted.core.connstr import ConnectionString
 from hcm_twisted.core.errors import MalformedInput
 
@@ -441,7 +442,7 @@ class Checker:
                 return False
             source = "the HC's user metadata"
         try:
-            ehost, eport = agent_config.parse_endpoint(endpoint)
+            ehost, eport = parse_host_port(endpoint)
         except MalformedInput as e:
             self._add("endpoint", FAIL, str(e), "fix the endpoint (host:port)")
             return False

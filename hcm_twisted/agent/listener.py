@@ -57,6 +57,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from hcm_twisted.core import messages, proxy, sas, tls, urls
+from hcm_twisted.core.configfile import parse_host_port
 from hcm_twisted.core.errors import MalformedInput
 from hcm_twisted.core.fast import AddressCache, cached_tcp_endpoint
 
@@ -115,7 +116,7 @@ class HcSpec:
         if endpoint is not None:
             if not isinstance(endpoint, str):
                 raise MalformedInput(f"{what}: 'endpoint' must be 'host:port' or null")
-            parse_host_port(endpoint, what)
+            parse_host_port(endpoint, f"{what}: endpoint")
         cas = obj.get("ca_certificates") or []
         if isinstance(cas, str):
             cas = [cas]
@@ -149,15 +150,6 @@ def _positive(obj: dict[str, Any], key: str, default: float, what: str) -> float
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise MalformedInput(f"{what}: {key!r} must be a positive number")
     return float(value)
-
-
-def parse_host_port(text: str, what: str = "endpoint") -> tuple[str, int]:
-    """``host:port`` (``[v6]:port`` too) -> ``(host, port)``."""
-    host, sep, port_text = text.strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise MalformedInput(f"{what}: endpoint must be 'host:port', got {text[:100]!r}")
-    return host, int(port_text)
 
 
 def with_fresh_id(url: str, id: str) -> str:

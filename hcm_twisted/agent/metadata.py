@@ -29,6 +29,7 @@ from twisted.web.iweb import IAgent, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 from hcm_twisted.core import tls, urls
+from hcm_twisted.core.configfile import parse_host_port
 from hcm_twisted.core.connstr import ConnectionString
 from hcm_twisted.core.errors import MalformedInput
 
@@ -77,7 +78,6 @@ def make_agent(reactor: Any, ca_paths: Iterable[str] = (), proxy_url: str | None
 
 def parse_endpoint_metadata(user_metadata: str) -> str | None:
     """The first ``endpoint`` item of a user-metadata JSON array, as ``host:port``."""
-    from hcm_twisted.agent.config import parse_endpoint
 
     try:
         items = json.loads(user_metadata)
@@ -94,7 +94,7 @@ def parse_endpoint_metadata(user_metadata: str) -> str | None:
             if not isinstance(value, str):
                 raise MetadataError("the endpoint item in the HC's user metadata is not text")
             try:
-                host, port = parse_endpoint(value, "user metadata endpoint")
+                host, port = parse_host_port(value, "user metadata endpoint")
             except MalformedInput as e:
                 raise MetadataError(str(e)) from None
             host = f"[{host}]" if ":" in host else host

@@ -20,14 +20,13 @@ their rendezvous (this agent forwards TCP only).
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import attrs
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.types import ConnectingRequest
-from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -37,6 +36,7 @@ from hcm_twisted.agent.listener import EndpointMaker, HcSpec, not_implemented, p
 from hcm_twisted.core import messages, urls
 from hcm_twisted.core.bridge import Bridge, BridgeClientFactory, TcpLeg, WebSocketClientLeg
 from hcm_twisted.core.errors import MalformedInput
+from hcm_twisted.core.fast import cached_tcp_endpoint
 
 #: How long the rendezvous WebSocket may take to open ([NET] gives it 20 s).
 RENDEZVOUS_TIMEOUT = 20.0
@@ -49,15 +49,7 @@ TcpEndpointMaker = Callable[[str, int, float], IStreamClientEndpoint]
 
 def default_tcp_endpoints(reactor: Any) -> TcpEndpointMaker:
     """TCP endpoints for ``host:port``: IP literals directly (no resolver round trip)."""
-
-    def make(host: str, port: int, timeout: float) -> IStreamClientEndpoint:
-        if isIPAddress(host):
-            return TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
-        if isIPv6Address(host):
-            return TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
-        return HostnameEndpoint(reactor, host, port, timeout=timeout)
-
-    return make
+    return partial(cached_tcp_endpoint, reactor, None)
 
 
 def first_subprotocol(headers: dict[str, str]) -> str | None:

@@ -15,9 +15,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn, TextIO
 
+from hcm_twisted.core.configfile import parse_host_port
 from hcm_twisted.core.errors import MalformedInput
 from hcm_twisted.sender import config as _config
-from hcm_twisted.sender.config import SenderConfig, SenderHc, split_host_port
+from hcm_twisted.sender.config import SenderConfig, SenderHc
 
 
 class _Usage(Exception):
@@ -98,7 +99,7 @@ def hosts_lines(config: SenderConfig, endpoints: dict[str, str | Exception]) -> 
         if isinstance(found, Exception) or found is None:
             lines.append(f"# {hc.name}: endpoint unknown ({found})")
             continue
-        host, port = split_host_port(found, f"{hc.name}: endpoint")
+        host, port = parse_host_port(found, f"{hc.name}: endpoint")
         try:
             ipaddress.ip_address(host)
         except ValueError:

@@ -99,8 +99,7 @@ class SenderConfig:
     no_proxy: str | None = None
 
 
-#: ``host:port`` to ``(host, port)`` (the shared parser; kept under this name).
-split_host_port = configfile.parse_host_port
+
 
 
 def _number(doc: dict[str, Any], key: str, default: float, where: str) -> float:
@@ -156,7 +155,7 @@ def parse(doc: dict[str, Any], path: Path) -> SenderConfig:
         if endpoint is not None:
             if not isinstance(endpoint, str):
                 raise MalformedInput(f"{w}: endpoint: must be host:port")
-            split_host_port(endpoint, f"{w}: endpoint")
+            configfile.parse_host_port(endpoint, f"{w}: endpoint")
         address = h.get("address")
         if address is not None:
             if listen is not None:
@@ -220,7 +219,7 @@ def listen_description(hc: SenderHc, endpoint: str | None) -> str:
         return hc.listen
     if endpoint is None:
         raise MalformedInput(f"{hc.name}: no endpoint known for DNS-name mode")
-    _, port = split_host_port(endpoint, f"{hc.name}: endpoint")
+    _, port = configfile.parse_host_port(endpoint, f"{hc.name}: endpoint")
     address = hc.address or "127.0.0.1"
     if ":" in address:
         return f"tcp6:{port}:interface={address.replace(':', chr(92) + ':')}"

@@ -197,14 +197,6 @@ class ExampleTests(SynchronousTestCase):
 
 
 class EndpointTests(SynchronousTestCase):
-    def test_parse_endpoint(self) -> None:
-        self.assertEqual(config.parse_endpoint("db.internal:1433"), ("db.internal", 1433))
-        self.assertEqual(config.parse_endpoint("[::1]:80"), ("::1", 80))
-        for bad in ["", "host", "host:", ":80", "host:0", "host:65536", "a:b:80", "[::1]80",
-                    "host:8x", "ho st:80"]:
-            with self.assertRaises(MalformedInput, msg=bad):
-                config.parse_endpoint(bad)
-
     def test_escape(self) -> None:
         self.assertEqual(config.escape_endpoint_value("/a:b\\c"), "/a\\:b\\\\c")
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from hcm_twisted.core.configfile import read_toml
+from hcm_twisted.core.configfile import parse_host_port, read_toml
 from hcm_twisted.core.errors import MalformedInput
 
 
@@ -37,3 +37,18 @@ class ReadTomlTests(SynchronousTestCase):
         message = self.error(p)
         self.assertIn(f"x config: {p}: not valid TOML", message)
         self.assertIn("line 1", message)
+
+
+class HostPortTests(SynchronousTestCase):
+    """The one ``host:port`` parser of the agent's and the sender's configs."""
+
+    def test_parse_host_port(self) -> None:
+        self.assertEqual(parse_host_port("db:1433", "x"), ("db", 1433))
+        self.assertEqual(parse_host_port("[::1]:80", "x"), ("::1", 80))
+        for bad in ("db", "db:0", "db:70000", ":80", "::1:80", "db:x"):
+            self.assertRaises(MalformedInput, parse_host_port, bad, "x")
+        self.assertEqual(parse_host_port("db.internal:1433"), ("db.internal", 1433))
+        for bad in ["", "host", "host:", ":80", "host:0", "host:65536", "a:b:80", "[::1]80",
+                    "host:8x", "ho st:80"]:
+            with self.assertRaises(MalformedInput, msg=bad):
+                parse_host_port(bad)

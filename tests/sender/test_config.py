@@ -90,12 +90,6 @@ address = "127.0.0.9"
         self.assertNotIn("secret", repr(c))
         self.assertEqual(config.load(self.write(hc)).ping_interval, 30.0)
 
-    def test_split_host_port(self) -> None:
-        self.assertEqual(config.split_host_port("db:1433", "x"), ("db", 1433))
-        self.assertEqual(config.split_host_port("[::1]:80", "x"), ("::1", 80))
-        for bad in ("db", "db:0", "db:70000", ":80", "::1:80", "db:x"):
-            self.assertRaises(MalformedInput, config.split_host_port, bad, "x")
-
     def test_options(self) -> None:
         p = self.write(f'[[hybrid-connection]]\nconnection-string = "{CS}"\nlisten = "tcp:7002"\n')
         options = tap.Options()
