@@ -23,8 +23,7 @@ Master → worker:
   ``Drain(timeout) -> {}``       stop accepting, let open connections finish up
       to ``timeout`` seconds, then close them; answers when done.
 
-Worker → master:
-  ``Log(event)``                 optional structured log forwarding (no secrets).
+Workers log to their stderr, which the master reads line by line (see supervisor).
 """
 
 from __future__ import annotations
@@ -68,9 +67,3 @@ class GetStatus(amp.Command):
 class Drain(amp.Command):
     arguments = [(b"timeout", amp.Float())]
     response = []
-
-
-class Log(amp.Command):
-    arguments = [(b"event", JSONArgument())]
-    response = []
-    requiresAnswer = False

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -405,9 +405,3 @@ def make_hybrid_connection(
     if endpoint is not None:
         item["endpoint"] = endpoint
     return _parse_hc(item, "")
-
-
-def ca_paths_exist(paths: Sequence[str]) -> None:
-    for p in paths:
-        if not Path(p).is_file():
-            raise MalformedInput(f"ca-certificates: {p} does not exist")

@@ -317,9 +317,7 @@ class _HandleTransport:
 
 
 class _ChannelHandle(Protocol):
-    """ClientService's protocol for one live channel; the real one is ``channel``."""
-
-    channel: ControlProtocol | None = None
+    """ClientService's protocol for one live channel (the channel is its transport's)."""
 
 
 @implementer(IStreamClientEndpoint)
@@ -361,12 +359,10 @@ class Listener:
         self._endpoint_maker = endpoint_maker or default_endpoint_maker(reactor, self.tls_cache)
         self._rng = rng
         self._wallclock = wallclock
-        self._token = spec.token
         self.state = STOPPED
         self.last_error: str | None = None
         self.connected_since: float | None = None
         self.reconnects = 0
-        self.next_retry: float | None = None
         self._last_status: int | None = None
         self._tls_failed = False
         self._attempts = 0
@@ -388,13 +384,9 @@ class Listener:
     @property
     def token_expiry(self) -> int | None:
         try:
-            return sas.expiry_of(self._token)
+            return sas.expiry_of(self.spec.token)
         except MalformedInput:
             return None
-
-    @property
-    def channel(self) -> ControlProtocol | None:
-        return self._channel
 
     def start(self) -> None:
         self._set_state(CONNECTING)
@@ -409,14 +401,12 @@ class Listener:
 
         def stopped(result: object) -> None:
             self._set_state(STOPPED)
-            self.next_retry = None
 
         d.addBoth(stopped)
         return d
 
     def renew(self, token: str) -> None:
         """Use ``token`` from now on; send ``renewToken`` on the live channel."""
-        self._token = token
         self.spec = attrs.evolve(self.spec, token=token)
         channel = self._channel
         if channel is not None and self.state == CONNECTED:
@@ -438,9 +428,8 @@ class Listener:
         if (spec.url, spec.ca_certificates, spec.ping_interval, spec.proxy, spec.no_proxy) != (
             old.url, old.ca_certificates, old.ping_interval, old.proxy, old.no_proxy
         ):
-            self._token = spec.token
             self._restart()
-        elif spec.token != self._token:
+        elif spec.token != old.token:
             self.renew(spec.token)
 
     def status(self) -> dict[str, Any]:
@@ -468,7 +457,6 @@ class Listener:
         else:
             base = BACKOFF[min(self._attempts, len(BACKOFF)) - 1]
         delay = base * (1.0 + JITTER * (2.0 * self._rng() - 1.0))
-        self.next_retry = self._reactor.seconds() + delay
         if self._last_status in (401, 403, 404) or self._tls_failed:
             # Needs an operator (or a new token): "failed", but still retried.
             self._set_state(FAILED)
@@ -485,11 +473,11 @@ class Listener:
         factory = ControlFactory(
             self,
             url,
-            headers={"ServiceBusAuthorization": self._token},
+            headers={"ServiceBusAuthorization": self.spec.token},
             useragent="hcm-twisted",
             reactor=self._reactor,
         )
-        factory.token = self._token
+        factory.token = self.spec.token
         ping = self.spec.ping_interval
         factory.setProtocolOptions(
             autoPingInterval=ping,
@@ -505,7 +493,6 @@ class Listener:
 
     def _connect_channel(self, cs_factory: IProtocolFactory) -> Deferred[IProtocol]:
         self._set_state(CONNECTING)
-        self.next_retry = None
         factory = self._make_factory()
         secure, host, port, _ = urls.split_ws_url(factory.url)
         try:
@@ -557,8 +544,6 @@ class Listener:
             if not result.called:
                 self._failed(f)
                 result.errback(f)
-            elif not f.check(CancelledError):
-                pass
 
         opened.addCallbacks(on_open, on_fail)
         return result
@@ -593,9 +578,9 @@ class Listener:
         self.last_error = None
         self._set_state(CONNECTED)
         self._log.info("control channel connected: {name}", name=self.name)
-        if channel.factory.token != self._token:
+        if channel.factory.token != self.spec.token:
             # A token arrived while this channel was being opened with the old one.
-            self.renew(self._token)
+            self.renew(self.spec.token)
 
     # ---- events from the channel -------------------------------------------
 

@@ -201,18 +201,6 @@ class MasterAMP(amp.AMP):
         self.connected = False
         super().connectionLost(reason)
 
-    @commands.Log.responder
-    def log_event(self, event: Any) -> dict[str, Any]:
-        if isinstance(event, dict):
-            text = event.get("text") or event.get("message") or event.get("log_format") or ""
-            level = str(event.get("level") or event.get("log_level") or "info").lower()
-        else:
-            text, level = str(event), "info"
-        emit = {"debug": self._log.debug, "warn": self._log.warn, "warning": self._log.warn,
-                "error": self._log.error, "critical": self._log.critical}.get(level, self._log.info)
-        emit("worker {pid}: {text}", pid=self.worker.pid, text=str(text)[:MAX_LINE])
-        return {}
-
 
 class WorkerProcess(ProcessProtocol):
     """One worker child: AMP on fds 3/4, its output relayed to our log."""
