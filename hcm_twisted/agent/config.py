@@ -43,8 +43,6 @@ from hcm_twisted.core.connstr import ConnectionString
 from hcm_twisted.core.errors import MalformedInput
 
 DEFAULT_CONFIG_PATH = "/etc/hcm/hcm.toml"
-LOG_FORMATS = ("text", "json")
-LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "critical")
 
 DEFAULT_TOKEN_LIFETIME = 3600.0
 DEFAULT_PING_INTERVAL = 30.0
@@ -235,13 +233,7 @@ def parse_document(doc: Mapping[str, Any], path: Path) -> AgentConfig:
         raise MalformedInput(
             f"{where}: [agent] admin: must be a Twisted endpoint string like 'unix:/run/hcm/admin.sock:mode=600'"
         )
-    log_format = agent.get("log-format", "text")
-    if log_format not in LOG_FORMATS:
-        raise MalformedInput(f"{where}: [agent] log-format: must be one of {', '.join(LOG_FORMATS)}")
-    log_level = agent.get("log-level", "info")
-    if not isinstance(log_level, str) or log_level.strip().lower() not in LOG_LEVELS:
-        raise MalformedInput(f"{where}: [agent] log-level: must be one of {', '.join(LOG_LEVELS)}")
-    log_level = log_level.strip().lower()
+    log_format, log_level = configfile.log_settings(agent, f"{where}: [agent]")
     proxy_url = configfile.proxy_setting(agent.get("proxy"), f"{where}: [agent]")
     no_proxy = configfile.no_proxy_setting(agent.get("no-proxy"), f"{where}: [agent]")
     ca_paths = configfile.ca_certificate_paths(

@@ -103,3 +103,17 @@ def ca_certificate_paths(value: Any, where: str, base: Path) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(c, str) and c for c in value):
         raise MalformedInput(f"{where} ca-certificates: must be a path or a list of paths")
     return tuple(str((base / os.path.expanduser(c)).resolve()) for c in value)
+
+
+def log_settings(table: Any, where: str) -> tuple[str, str]:
+    """``log-format`` and ``log-level`` of a config table, checked: ``("text"|"json",
+    level name)``; ``"warning"`` is taken for ``"warn"``."""
+    from hcm_twisted.core import logging as hcm_logging
+
+    fmt = table.get("log-format", "text")
+    level = table.get("log-level", "info")
+    if not isinstance(fmt, str):
+        raise MalformedInput(f"{where} log-format: must be one of "
+                             f"{', '.join(hcm_logging.LOG_FORMATS)}")
+    hcm_logging.check_format(fmt, f"{where} log-format")
+    return fmt, hcm_logging.parse_level(level, f"{where} log-level").name

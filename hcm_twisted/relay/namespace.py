@@ -221,6 +221,7 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | str = ".") -> RelayCo
     max_body = data.get("max-request-body", DEFAULT_MAX_REQUEST_BODY)
     if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 0:
         raise MalformedInput(f"{where}: 'max-request-body' must be a number of bytes (>= 0)")
+    log_format, log_level = configfile.log_settings(data, "relay config:")
     return RelayConfig(
         namespace=namespace.lower(),
         aliases=tuple(a.lower() for a in aliases),
@@ -240,21 +241,9 @@ def parse_config(data: Mapping[str, Any], base_dir: Path | str = ".") -> RelayCo
         log_requests=_bool(data, "log-requests", where, False),
         metrics=_text(data, "metrics", where),
         listener_recycle=_number(data, "listener-recycle", 0.0),
-        log_format=_log_setting(data, "log-format", "text"),
-        log_level=_log_setting(data, "log-level", "info"),
+        log_format=log_format,
+        log_level=log_level,
     )
-
-
-def _log_setting(data: Mapping[str, Any], key: str, default: str) -> str:
-    from hcm_twisted.core import logging as hcm_logging
-
-    value = data.get(key, default)
-    if not isinstance(value, str):
-        raise MalformedInput(f"relay config: {key!r} must be a string")
-    if key == "log-format":
-        return hcm_logging.check_format(value, key)
-    hcm_logging.parse_level(value, key)
-    return value
 
 
 def load_config(path: str | Path) -> RelayConfig:

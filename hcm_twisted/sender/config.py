@@ -43,7 +43,6 @@ import attrs
 from hcm_twisted.core import configfile, connstr
 from hcm_twisted.core.connstr import ConnectionString
 from hcm_twisted.core.errors import MalformedInput
-from hcm_twisted.core.logging import LOG_FORMATS, LOG_LEVELS
 
 DEFAULT_TOKEN_LIFETIME = 3600.0
 DEFAULT_CONNECT_TIMEOUT = 30.0
@@ -177,6 +176,7 @@ def parse(doc: dict[str, Any], path: Path) -> SenderConfig:
                 raise MalformedInput(f"{w}: address: {address} is used twice")
             addresses.add(key)
         hcs.append(SenderHc(name, cs, listen, endpoint, address))
+    log_format, log_level = configfile.log_settings(doc, f"{where}:")
     return SenderConfig(
         path=path,
         hybrid_connections=tuple(hcs),
@@ -184,8 +184,8 @@ def parse(doc: dict[str, Any], path: Path) -> SenderConfig:
         token_lifetime=_number(doc, "token-lifetime", DEFAULT_TOKEN_LIFETIME, where),
         connect_timeout=_number(doc, "connect-timeout", DEFAULT_CONNECT_TIMEOUT, where),
         linger=_number(doc, "linger", DEFAULT_LINGER, where),
-        log_format=_choice(doc, "log-format", "text", LOG_FORMATS, where),
-        log_level=_choice(doc, "log-level", "info", LOG_LEVELS, where),
+        log_format=log_format,
+        log_level=log_level,
         ping_interval=_ping_interval(doc, where),
         proxy=configfile.proxy_setting(doc.get("proxy"), f"{where}:"),
         no_proxy=configfile.no_proxy_setting(doc.get("no-proxy"), f"{where}:"),
@@ -197,14 +197,6 @@ def _ping_interval(doc: dict[str, Any], where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise MalformedInput(f"{where}: ping-interval: must be a number of seconds (0: off)")
     return float(value)
-
-
-def _choice(doc: dict[str, Any], key: str, default: str, choices: tuple[str, ...],
-            where: str) -> str:
-    value = doc.get(key, default)
-    if value not in choices:
-        raise MalformedInput(f"{where}: {key}: must be one of {', '.join(choices)}")
-    return str(value)
 
 
 def load(path: str | Path) -> SenderConfig:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from hcm_twisted.core.configfile import parse_host_port, read_toml
+from hcm_twisted.core.configfile import log_settings, parse_host_port, read_toml
 from hcm_twisted.core.errors import MalformedInput
 
 
@@ -52,3 +52,17 @@ class HostPortTests(SynchronousTestCase):
                     "host:8x", "ho st:80"]:
             with self.assertRaises(MalformedInput, msg=bad):
                 parse_host_port(bad)
+
+
+class LogSettingsTests(SynchronousTestCase):
+    """One check of ``log-format``/``log-level`` for the agent, the relay and the sender."""
+
+    def test_log_settings(self) -> None:
+        self.assertEqual(log_settings({}, "f:"), ("text", "info"))
+        self.assertEqual(log_settings({"log-format": "json", "log-level": "WARNING"}, "f:"),
+                         ("json", "warn"))
+        for bad, key in (({"log-level": "loud"}, "log-level"), ({"log-level": 3}, "log-level"),
+                         ({"log-format": "xml"}, "log-format"), ({"log-format": 1}, "log-format")):
+            with self.assertRaises(MalformedInput) as cm:
+                log_settings(bad, "f:")
+            self.assertIn(f"f: {key}", str(cm.exception))
