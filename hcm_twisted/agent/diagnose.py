@@ -45,7 +45,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from hcm_twisted.agent import config as agent_config
-from hcm_twisted.core import connstr, proxy, sas, tls, urls
+from hcm_twisted.agent.tokens import sign
+from hcm_twisted.core import connstr, proxy, tls, urls
 from hcm_twisted.core.configfile import parse_host_port
 from hcm_twisted.core.connstr import ConnectionString
 from hcm_twisted.core.errors import MalformedInput
@@ -395,7 +396,7 @@ class Checker:
     async def _listen(self, cs: ConnectionString, via: str | None) -> bool:
         started = time.monotonic()
         try:
-            token = _token(cs, self.now())
+            token = sign(cs, TOKEN_LIFETIME, self.now())
         except MalformedInput as e:
             self._add("listen", FAIL, str(e), "give the HC a connection string with a key")
             return False
@@ -492,7 +493,7 @@ class Checker:
             return
         started = time.monotonic()
         try:
-            token = _token(send, self.now())
+            token = sign(send, TOKEN_LIFETIME, self.now())
         except MalformedInput as e:
             self._add("end to end", FAIL, str(e), "give a Send connection string with a key")
             return
@@ -520,15 +521,6 @@ def _is_address(host: str) -> bool:
         return True
     except (OSError, ValueError):
         return False
-
-
-def _token(cs: ConnectionString, now: float) -> str:
-    if cs.sas:
-        return cs.sas
-    if not cs.key or not cs.key_name:
-        raise MalformedInput("the connection string has no SharedAccessKeyName/SharedAccessKey")
-    return sas.mint(sas.audience_for(cs.host, cs.entity_path), cs.key_name, cs.key,
-                    lifetime=TOKEN_LIFETIME, now=now)
 
 
 # -- command line -----------------------------------------------------------------------------

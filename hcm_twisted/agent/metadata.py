@@ -122,9 +122,9 @@ def parse_runtime_info(body: bytes) -> str | None:
 
 
 def runtime_headers(cs: ConnectionString, now: float) -> Headers:
-    from hcm_twisted.agent.tokens import mint_listen_token
+    from hcm_twisted.agent.tokens import sign
 
-    token = mint_listen_token(cs, TOKEN_LIFETIME, now)
+    token = sign(cs, TOKEN_LIFETIME, now)
     return Headers(
         {
             b"Authorization": [token.encode("utf-8")],

@@ -24,14 +24,14 @@ from hcm_twisted.core.errors import MalformedInput
 RENEW_FRACTION = 0.8
 
 
-def mint_listen_token(cs: ConnectionString, lifetime: float, now: float) -> str:
-    """A token for listening on ``cs``'s HC, or the connection string's own signature."""
-    if cs.sas is not None:
-        return cs.sas
-    if cs.key is None or cs.key_name is None:
-        raise MalformedInput("connection string: no key to sign a token with")
-    audience = sas.audience_for(cs.host, cs.entity_path)
-    return sas.mint(audience, cs.key_name, cs.key, lifetime=lifetime, now=now)
+def sign(cs: ConnectionString, lifetime: float, now: float) -> str:
+    """``cs``'s token (:meth:`ConnectionString.token`); :class:`MalformedInput` when it has
+    neither a signature nor a key."""
+    token = cs.token(lifetime, now)
+    if token is None:
+        raise MalformedInput(
+            "connection string: no SharedAccessKeyName/SharedAccessKey to sign a token with")
+    return token
 
 
 @attrs.define(eq=False)
@@ -96,7 +96,7 @@ class TokenManager:
 
     def _mint(self, name: str, cs: ConnectionString) -> _Entry:
         now = self.clock.seconds()
-        token = mint_listen_token(cs, self.lifetime, now)
+        token = sign(cs, self.lifetime, now)
         try:
             expiry: int | None = sas.expiry_of(token)
         except MalformedInput:

@@ -46,6 +46,19 @@ class ConnectionString:
     def with_entity(self, name: str) -> ConnectionString:
         return attrs.evolve(self, entity_path=name)
 
+    def token(self, lifetime: float, now: float) -> str | None:
+        """The token this connection string gives: its ``SharedAccessSignature``, else one
+        signed with its key for its entity (``lifetime`` seconds from ``now``); ``None``
+        without either (an anonymous sender)."""
+        if self.sas is not None:
+            return self.sas
+        if not self.key or not self.key_name:
+            return None
+        from hcm_twisted.core import sas
+
+        audience = sas.audience_for(self.host, self.entity_path)
+        return sas.mint(audience, self.key_name, self.key, lifetime=lifetime, now=now)
+
     def __repr__(self) -> str:
         return f"<ConnectionString {self.masked()}>"
 

@@ -26,7 +26,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from hcm_twisted.core import proxy, sas, tls, urls
+from hcm_twisted.core import proxy, tls, urls
 from hcm_twisted.core.bridge import Bridge, BridgeClientFactory, TcpLeg
 from hcm_twisted.core.errors import MalformedInput
 from hcm_twisted.core.fast import AddressCache, cached_tcp_endpoint, quiet_autobahn, tune_gc
@@ -129,16 +129,8 @@ class Forwarder(Factory):
 
     def headers(self) -> dict[str, str]:
         """The handshake headers: a sender token unless the HC is anonymous."""
-        cs = self.hc.connection_string
-        if cs.sas:
-            return {"ServiceBusAuthorization": cs.sas}
-        if cs.key_name and cs.key:
-            token = sas.mint(
-                sas.audience_for(cs.host, self.hc.entity), cs.key_name, cs.key,
-                lifetime=self.token_lifetime, now=time.time(),
-            )
-            return {"ServiceBusAuthorization": token}
-        return {}
+        token = self.hc.connection_string.token(self.token_lifetime, time.time())
+        return {"ServiceBusAuthorization": token} if token is not None else {}
 
     def relay_endpoint(self) -> IStreamClientEndpoint:
         cs = self.hc.connection_string

@@ -105,3 +105,26 @@ class PropertyTests(SynchronousTestCase):
             connstr.parse(text)
         except MalformedInput:
             pass
+
+
+class TokenTests(SynchronousTestCase):
+    """``ConnectionString.token``: the one place a connection string becomes a token."""
+
+    def test_signed_with_the_key_for_the_entity(self) -> None:
+        from hcm_twisted.core import sas
+
+        cs = connstr.parse(f"Endpoint=sb://ns.example/;SharedAccessKeyName=r;"
+                           f"SharedAccessKey={KEY};EntityPath=hc1")
+        token = cs.token(600, now=1_000_000)
+        assert token is not None
+        rule = sas.Rule("r", KEY, "", frozenset({"Listen"}))
+        parsed = sas.verify(token, [rule], ["ns.example"], "hc1", "Listen", now=1_000_100)
+        self.assertEqual(int(parsed.se), 1_000_600)
+
+    def test_own_signature_or_nothing(self) -> None:
+        given = "SharedAccessSignature sr=x&sig=y&se=1&skn=r"
+        with_sas = connstr.parse(f"Endpoint=sb://ns.example/;SharedAccessSignature={given};"
+                                 "EntityPath=hc1")
+        self.assertEqual(with_sas.token(600, now=0), given)
+        anonymous = connstr.parse("Endpoint=sb://ns.example/;EntityPath=hc1")
+        self.assertIsNone(anonymous.token(600, now=0))
