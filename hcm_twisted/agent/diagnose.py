@@ -47,6 +47,7 @@ from zope.interface import implementer
 from hcm_twisted.agent import config as agent_config
 from hcm_twisted.agent.tokens import sign
 from hcm_twisted.core import connstr, proxy, tls, urls
+from hcm_twisted.core.bridge import refused_status
 from hcm_twisted.core.configfile import parse_host_port
 from hcm_twisted.core.connstr import ConnectionString
 from hcm_twisted.core.errors import MalformedInput
@@ -197,10 +198,9 @@ class _Upgrade(WebSocketClientProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         f = self.factory
         if not f.result.called:
-            line = getattr(self, "http_status_line", None) or ""
-            pieces = line.split(None, 2)
-            if len(pieces) >= 2 and pieces[1].isdigit():
-                f.result.callback((int(pieces[1]), pieces[2].strip() if len(pieces) > 2 else ""))
+            refused = refused_status(getattr(self, "http_status_line", None))
+            if refused is not None:
+                f.result.callback(refused)
             else:
                 f.result.errback(ConnectionError(reason or "closed before the WebSocket upgrade"))
         if not f.closed.called:

@@ -57,6 +57,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from hcm_twisted.core import messages, proxy, sas, tls, urls
+from hcm_twisted.core.bridge import refused_status
 from hcm_twisted.core.configfile import parse_host_port
 from hcm_twisted.core.errors import MalformedInput
 from hcm_twisted.core.fast import AddressCache, cached_tcp_endpoint
@@ -159,14 +160,6 @@ def with_fresh_id(url: str, id: str) -> str:
              if k.lower() != "sb-hc-id"]
     query.append(("sb-hc-id", id))
     return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
-
-
-def refused_status(status_line: str | None) -> tuple[int, str] | None:
-    """``(status, reason phrase)`` of a refused upgrade's status line, if there was one."""
-    pieces = (status_line or "").split(None, 2)
-    if len(pieces) >= 2 and pieces[1].isdigit():
-        return int(pieces[1]), pieces[2].strip() if len(pieces) > 2 else ""
-    return None
 
 
 class ListenRefused(Exception):

@@ -34,7 +34,13 @@ from twisted.python.failure import Failure
 
 from hcm_twisted.agent.listener import EndpointMaker, HcSpec, not_implemented, parse_host_port
 from hcm_twisted.core import messages, urls
-from hcm_twisted.core.bridge import Bridge, BridgeClientFactory, TcpLeg, WebSocketClientLeg
+from hcm_twisted.core.bridge import (
+    Bridge,
+    BridgeClientFactory,
+    TcpLeg,
+    WebSocketClientLeg,
+    refused_status,
+)
 from hcm_twisted.core.errors import MalformedInput
 from hcm_twisted.core.fast import cached_tcp_endpoint
 
@@ -68,10 +74,8 @@ class _RejectProtocol(WebSocketClientProtocol):
     factory: _RejectFactory
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        line = getattr(self, "http_status_line", None) or ""
-        pieces = line.split()
-        status = int(pieces[1]) if len(pieces) > 1 and pieces[1].isdigit() else None
-        self.factory.finished(status, reason)
+        refused = refused_status(getattr(self, "http_status_line", None))
+        self.factory.finished(refused[0] if refused is not None else None, reason)
 
 
 class _RejectFactory(WebSocketClientFactory):

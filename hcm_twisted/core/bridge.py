@@ -658,6 +658,14 @@ def _random_mask() -> bytes:
     return struct.pack("!I", random.getrandbits(32))  # noqa: S311
 
 
+def refused_status(status_line: str | None) -> tuple[int, str] | None:
+    """``(status, reason phrase)`` from a WebSocket upgrade's HTTP status line, if any."""
+    pieces = (status_line or "").split(None, 2)
+    if len(pieces) >= 2 and pieces[1].isdigit():
+        return int(pieces[1]), pieces[2].strip() if len(pieces) > 2 else ""
+    return None
+
+
 class WebSocketClientLeg(WebSocketLeg, WebSocketClientProtocol):  # type: ignore[misc]
     """A WebSocket client leg; remembers the HTTP status of a failed handshake."""
 
@@ -670,13 +678,9 @@ class WebSocketClientLeg(WebSocketLeg, WebSocketClientProtocol):  # type: ignore
         super().connectionLost(reason)
 
     def failHandshake(self, reason: str) -> None:
-        # autobahn: "WebSocket connection upgrade failed [404]: Endpoint does not exist."
-        if reason.startswith("WebSocket connection upgrade failed ["):
-            rest = reason[len("WebSocket connection upgrade failed [") :]
-            code, _, text = rest.partition("]")
-            if code.isdigit():
-                self.handshake_status = int(code)
-                self.handshake_reason = text.lstrip(": ").strip()
+        refused = refused_status(getattr(self, "http_status_line", None))
+        if refused is not None and refused[0] != 101:
+            self.handshake_status, self.handshake_reason = refused
         super().failHandshake(reason)
 
     def _leg_failure_text(self, reason: str | None) -> str | None:
