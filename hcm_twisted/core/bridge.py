@@ -78,6 +78,7 @@ def graceful_close(code: int | None) -> bool:
     at all (RFC 6455's 1005, what ``ws.close()`` sends in Node); anything else cut it."""
     return code is None or code in _GRACEFUL
 
+
 DEFAULT_LINGER = 60.0
 
 

@@ -116,7 +116,6 @@ class HttpMode:
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
-        self.requests = 0
         #: Sender HTTP connection -> the rendezvous kept for its later requests.
         self._kept: dict[Any, RelayProtocol] = {}
 
@@ -223,7 +222,6 @@ class HttpMode:
             self.hub.config.request_timeout, self._timed_out, pending
         )
         self.hub.pending[pending.id] = pending
-        self.requests += 1
         self.hub.hc_stats(pending.entity)["http_requests_total"] += 1
         pending.request.notifyFinish().addBoth(self._sender_done, pending)
 
@@ -502,7 +500,6 @@ class RootResource(Resource):
     def render(self, request: Request) -> bytes | int:
         from hcm_twisted.relay.server import NOT_FOUND, split_hc_path
 
-        set_nodelay_request(request)
         raw = (request.uri or b"/").decode("latin-1")
         path, _, query = raw.partition("?")
         if split_hc_path(path) is not None or path.lower() in ("/$hc", "/%24hc"):
@@ -520,7 +517,6 @@ class RootResource(Resource):
             request.method == b"GET" and "api-version" in params and not suffix.strip("/")
         ):
             return self._runtime_get(request, entity, params)
-        assert self.hub.http is not None
         return self.hub.http.handle(request, entity, suffix)
 
     def _runtime_get(self, request: Request, entity: Entity, params: dict[str, str]) -> bytes:
@@ -537,14 +533,6 @@ class RootResource(Resource):
             return error_xml(e.status, e.reason)
         request.setHeader(b"content-type", ATOM_TYPE)
         return runtime_entry(entity, len(self.hub.live_listeners(entity)))
-
-
-def set_nodelay_request(request: Request) -> None:
-    from hcm_twisted.relay.server import set_nodelay
-
-    transport = getattr(request.channel, "transport", None)
-    if transport is not None:
-        set_nodelay(transport)
 
 
 def _access_log(timestamp: str, request: Request) -> str:

@@ -30,7 +30,7 @@ import random
 import struct
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl, quote, unquote
 
 import attrs
@@ -47,14 +47,13 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from hcm_twisted.core import messages
+from hcm_twisted.core.bridge import set_nodelay
 from hcm_twisted.core.errors import MalformedInput
 from hcm_twisted.core.fast import flush_tls, quiet_autobahn, tune_gc, write_through
 from hcm_twisted.core.sas import TokenRejected
 from hcm_twisted.relay.auth import LISTEN, SEND, authorize, find_token
+from hcm_twisted.relay.httpmode import HttpMode, make_site
 from hcm_twisted.relay.namespace import Entity, Namespace
-
-if TYPE_CHECKING:
-    from hcm_twisted.relay.httpmode import HttpMode
 
 MAX_TEXT_CONTROL = messages.MAX_CONTROL_MESSAGE
 MAX_BINARY_CONTROL = 256 * 1024
@@ -145,13 +144,6 @@ def host_for_url(host: str) -> str:
     return host
 
 
-def set_nodelay(transport: Any) -> None:
-    try:
-        transport.setTcpNoDelay(True)
-    except Exception:  # noqa: S110 (not TCP: UNIX sockets, memory transports)
-        pass
-
-
 def remote_endpoint(transport: Any) -> messages.RemoteEndpoint | None:
     try:
         peer = transport.getPeer()
@@ -206,13 +198,14 @@ class Hub:
     reactor: IReactorTime
     listeners: dict[str, list[RelayProtocol]] = attrs.field(factory=dict)
     pending: dict[str, Any] = attrs.field(factory=dict)
-    http: HttpMode | None = None
+    http: HttpMode = attrs.field(init=False)
     rng: random.Random = attrs.field(factory=random.SystemRandom)
-    accepted: int = 0
-    rejected: int = 0
     connections: set[RelayProtocol] = attrs.field(factory=set)
     stats: dict[str, dict[str, int]] = attrs.field(factory=dict)
     _drained: list[defer.Deferred[None]] = attrs.field(factory=list)
+
+    def __attrs_post_init__(self) -> None:
+        self.http = HttpMode(self)
 
     def hc_stats(self, entity: Entity) -> dict[str, int]:
         key = entity.name.lower()
@@ -227,11 +220,9 @@ class Hub:
     def counters(self) -> dict[str, Any]:
         """Numbers for metrics (``core.metrics.registry_from_dict``) and tests."""
         hcs: dict[str, dict[str, int]] = {}
-        for name, entity in self.namespace.entities.items():
+        for entity in self.namespace.entities.values():
             hcs[entity.name] = dict(self.hc_stats(entity))
-            hcs[entity.name]["listeners"] = sum(
-                1 for p in self.listeners.get(name, []) if p.is_live_listener()
-            )
+            hcs[entity.name]["listeners"] = len(self.live_listeners(entity))
         return {
             "connections": len(self.connections),
             "pending_rendezvous": len(self.pending),
@@ -399,8 +390,7 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     # -- plumbing ----------------------------------------------------------
 
     def connectionMade(self) -> None:
-        set_nodelay(self.transport)
-        write_through(self.transport)
+        write_through(self.transport)  # (TCP_NODELAY: set by the sniffer)
         self.hub.connections.add(self)
         super().connectionMade()
 
@@ -542,8 +532,6 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     def _on_rendezvous(self, action: str, params: dict[str, str]) -> Any:
         rid = params.get("sb-hc-id", "")
         if action == "request":
-            if self.hub.http is None:
-                raise deny(403, "The rendezvous address is invalid or has expired.")
             return self.hub.http.on_rendezvous(self, rid, params)
         pending = self.hub.pending.get(rid)
         if not isinstance(pending, PendingAccept):
@@ -566,7 +554,6 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
                 code = 400
             reason = clean_reason(desc if desc else "Rejected by user code")
             sender.pending = None
-            self.hub.rejected += 1
             self.hub.hc_stats(pending.entity)["rejected_total"] += 1
             self._log.info("accept {id} on {hc} rejected: {code}", id=rid,
                            hc=pending.entity.name, code=code)
@@ -615,16 +602,15 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             pending.deferred.callback(self._chosen)
             if sender.state == sender.STATE_OPEN:
                 join(sender, self)
-                self.hub.accepted += 1
-                self.hub.hc_stats(pending.entity)["accepted_total"] += 1
                 stats = self.hub.hc_stats(pending.entity)
+                stats["accepted_total"] += 1
                 sender._stats, sender._stats_key = stats, "bytes_to_listener_total"
                 self._stats, self._stats_key = stats, "bytes_to_sender_total"
                 self._log.info("rendezvous {id} on {hc} joined", id=pending.id,
                                hc=pending.entity.name)
             else:
                 self._send_close(1001, "The sender went away.")
-        elif self.role == "request" and self.hub.http is not None:
+        elif self.role == "request":
             self.hub.http.on_rendezvous_open(self)
 
     # -- control channel ----------------------------------------------------
@@ -661,7 +647,7 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     def _control_message(self, data: bytes, binary: bool) -> None:
         http = self.hub.http
         if binary:
-            if http is not None and http.on_binary(self, data):
+            if http.on_binary(self, data):
                 return
             if not data:
                 return  # hyco-https sends an empty binary message after body:false responses
@@ -679,8 +665,7 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         if isinstance(message, messages.RenewToken):
             self._renew(message.token)
         elif isinstance(message, messages.Response):
-            if http is not None:
-                http.on_response(self, message)
+            http.on_response(self, message)
         elif isinstance(message, messages.Unknown):
             self._log.info("listener {id}: ignoring unknown message {kind!r}",
                            id=self.listener_id, kind=message.kind)
@@ -722,7 +707,7 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             return
         self._ctl_len += length
         limit = MAX_BINARY_CONTROL if self._ctl_binary else MAX_TEXT_CONTROL
-        if self.role == "request" and self.hub.http is not None:
+        if self.role == "request":
             limit = self.hub.http.rendezvous_message_limit(self, self._ctl_binary)
         if limit and self._ctl_len > limit:
             self._ctl_failed = True
@@ -744,7 +729,7 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             self._stats[self._stats_key] += len(payload)
             self._forward(frame_header(opcode, fin, len(payload)) + payload)
             return
-        if self.role == "request" and self.hub.http is not None and self._ctl_binary:
+        if self.role == "request" and self._ctl_binary:
             if self.hub.http.on_rendezvous_data(self, payload):
                 return
         if not self._ctl_failed:
@@ -760,7 +745,7 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         self._ctl_parts = []
         if self.role == "listen":
             self._control_message(data, self._ctl_binary)
-        elif self.role == "request" and self.hub.http is not None:
+        elif self.role == "request":
             self.hub.http.on_rendezvous_message(self, data, self._ctl_binary)
 
     def _forward(self, data: bytes) -> None:
@@ -869,8 +854,7 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
         self._recycle_timer = None
         if self.role == "listen" and self.entity is not None:
             self.hub.remove_listener(self.entity, self)
-            if self.hub.http is not None:
-                self.hub.http.on_listener_gone(self)
+            self.hub.http.on_listener_gone(self)
             self._log.info("listener {id} on {hc} gone", id=self.listener_id,
                            hc=self.entity.name)
             self.role = "closed"
@@ -901,7 +885,7 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
                     peer._send_close(code, reason.decode())
                 elif peer.state == peer.STATE_CLOSING:
                     peer.dropConnection(abort=False)
-        elif self.role == "request" and self.hub.http is not None:
+        elif self.role == "request":
             self.hub.http.on_rendezvous_gone(self)
             self.role = "closed"
 
@@ -1063,10 +1047,7 @@ def build(
     namespace: Namespace, reactor: IReactorTime, site_factory: Callable[[Hub], Site] | None = None
 ) -> tuple[Hub, SniffingFactory]:
     """The hub and the port factory for a namespace."""
-    from hcm_twisted.relay.httpmode import HttpMode, make_site
-
     hub = Hub(namespace=namespace, reactor=reactor)
-    hub.http = HttpMode(hub)
     ws_factory = RelayServerFactory(hub)
     site = (site_factory or make_site)(hub)
     return hub, SniffingFactory(ws_factory, site, reactor, namespace.config.handshake_timeout)
