@@ -51,9 +51,11 @@ def reject_url(address: str, status: int, description: str) -> str:
 
 
 def strip_relay_params(query: str) -> str:
-    """Remove every ``sb-hc-*`` parameter from a raw query string, keeping the rest byte-for-byte."""
-    kept = [p for p in query.split("&") if p and not p.lower().startswith("sb-hc-")]
-    return "&".join(kept)
+    """Remove the ``sb-hc-*`` parameters (those with ``=``) from a raw query string, keeping
+    the rest byte-for-byte: what the relay passes on to a listener."""
+    return "&".join(
+        p for p in query.split("&") if p and not (p.lower().startswith("sb-hc-") and "=" in p)
+    )
 
 
 def query_params(url: str) -> dict[str, str]:

@@ -17,7 +17,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from hcm_twisted.core import messages
+from hcm_twisted.core import messages, urls
 from hcm_twisted.core.errors import MalformedInput
 from hcm_twisted.core.sas import TokenRejected
 from hcm_twisted.relay.auth import authorize_any, find_token
@@ -199,10 +199,10 @@ class HttpMode:
                          where: str | None) -> tuple[messages.Request, bytes]:
         """The ``request`` message for the sender's ``request`` (and its body), with an
         address on the host the listener ``via`` used."""
-        from hcm_twisted.relay.server import remote_endpoint, strip_relay_query
+        from hcm_twisted.relay.server import remote_endpoint
 
         rid = str(uuid.uuid4())
-        kept = strip_relay_query(query)
+        kept = urls.strip_relay_params(query)
         scheme = "wss" if via.secure else "ws"
         host = via.listener_host or self.hub.config.namespace
         body = request.content.read() if request.content is not None else b""

@@ -46,7 +46,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 from zope.interface import implementer
 
-from hcm_twisted.core import messages
+from hcm_twisted.core import messages, urls
 from hcm_twisted.core.bridge import set_nodelay
 from hcm_twisted.core.errors import MalformedInput
 from hcm_twisted.core.fast import flush_tls, quiet_autobahn, tune_gc, write_through
@@ -115,13 +115,6 @@ def flat_headers(
         key = lower.setdefault(name.lower(), name)
         out[key] = f"{out[key]}, {value}" if key in out else value
     return out
-
-
-def strip_relay_query(query: str) -> str:
-    """Drop ``sb-hc-*`` parameters (that contain ``=``) from a raw query, keep the rest as is."""
-    return "&".join(
-        p for p in query.split("&") if p and not (p.lower().startswith("sb-hc-") and "=" in p)
-    )
 
 
 def split_hc_path(path: str) -> str | None:
@@ -480,7 +473,7 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             raise deny(404, NOT_FOUND, self.hub.config.namespace, entity.name)
         params = dict(parse_qsl(query, keep_blank_values=True))
         rid = self.hub.new_id(params.get("sb-hc-id"))
-        app_query = strip_relay_query(query)
+        app_query = urls.strip_relay_params(query)
         scheme = "wss" if listener.secure else "ws"
         tail = f"{app_query}&" if app_query else ""
         address = (

@@ -28,6 +28,8 @@ class UrlTests(SynchronousTestCase):
 
     def test_strip(self) -> None:
         self.assertEqual(urls.strip_relay_params("a=1&sb-hc-token=x&SB-HC-ID=2&b=%2F"), "a=1&b=%2F")
+        self.assertEqual(urls.strip_relay_params("a=1&sb-hc-token=x&SB-HC-ID=2&sb-hc-flag&b=%20"),
+                         "a=1&sb-hc-flag&b=%20")
 
     def test_split(self) -> None:
         self.assertEqual(urls.split_ws_url("wss://h:1/$hc/x?y=1"), (True, "h", 1, "/$hc/x?y=1"))

@@ -408,10 +408,6 @@ class HelperTests(RelayUnitTest):
         self.assertEqual(server.host_for_url("[::1]:9443"), "[::1]:9443")
         self.assertEqual(server.host_for_url("localhost:9443"), "localhost:9443")
 
-    def test_strip_relay_query(self) -> None:
-        self.assertEqual(server.strip_relay_query("a=1&sb-hc-token=x&SB-HC-ID=2&sb-hc-flag&b=%20"),
-                         "a=1&sb-hc-flag&b=%20")
-
 
 class FuzzTests(Joining):
     """Whatever bytes arrive, only that connection suffers; nothing raises out of the relay."""
