@@ -32,6 +32,7 @@ from hcm_twisted.core import tls, urls
 from hcm_twisted.core.configfile import parse_host_port
 from hcm_twisted.core.connstr import ConnectionString
 from hcm_twisted.core.errors import MalformedInput
+from hcm_twisted.core.timers import cancel
 
 TOKEN_LIFETIME = 600.0
 MAX_BODY = 1 << 20
@@ -269,8 +270,7 @@ class EndpointResolver:
 
     def stop(self) -> None:
         self._running = False
-        if self._call is not None and self._call.active():
-            self._call.cancel()
+        cancel(self._call)
         self._call = None
         for entry in self._entries.values():
             if entry.pending is not None:

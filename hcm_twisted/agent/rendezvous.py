@@ -43,6 +43,7 @@ from hcm_twisted.core.bridge import (
 )
 from hcm_twisted.core.errors import MalformedInput
 from hcm_twisted.core.fast import cached_tcp_endpoint
+from hcm_twisted.core.timers import cancel
 
 #: How long the rendezvous WebSocket may take to open ([NET] gives it 20 s).
 RENDEZVOUS_TIMEOUT = 20.0
@@ -133,8 +134,7 @@ class _RequestProtocol(WebSocketClientProtocol):
         self._idle = self.factory.reactor.callLater(REQUEST_IDLE, self.sendClose, 1000)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
+        cancel(self._idle)
         self._idle = None
 
 

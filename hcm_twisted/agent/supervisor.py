@@ -50,6 +50,7 @@ from hcm_twisted.agent.metadata import EndpointResolver, fetch_endpoint, make_ag
 from hcm_twisted.agent.tokens import TokenManager
 from hcm_twisted.core import urls
 from hcm_twisted.core.connstr import ConnectionString
+from hcm_twisted.core.timers import cancel
 
 AMP_TO_CHILD = 3  # the worker reads AMP from its fd 3
 AMP_FROM_CHILD = 4  # the worker writes AMP to its fd 4
@@ -286,8 +287,7 @@ class _Slot:
     stopping: Deferred[None] | None = None
 
     def cancel_restart(self) -> None:
-        if self.restart_call is not None and self.restart_call.active():
-            self.restart_call.cancel()
+        cancel(self.restart_call)
         self.restart_call = None
 
 

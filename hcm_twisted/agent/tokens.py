@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from hcm_twisted.core import sas
 from hcm_twisted.core.connstr import ConnectionString
 from hcm_twisted.core.errors import MalformedInput
+from hcm_twisted.core.timers import cancel
 
 RENEW_FRACTION = 0.8
 
@@ -42,8 +43,7 @@ class _Entry:
     call: IDelayedCall | None = None
 
     def cancel(self) -> None:
-        if self.call is not None and self.call.active():
-            self.call.cancel()
+        cancel(self.call)
         self.call = None
 
 

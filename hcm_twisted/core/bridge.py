@@ -54,6 +54,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from hcm_twisted.core.fast import flush_tls, mask_payload, write_through
+from hcm_twisted.core.timers import cancel
 
 __all__ = [
     "Bridge",
@@ -485,8 +486,7 @@ class Bridge:
         ws_done = self.ws_gone or self.ws is None and self.failure is not None
         if tcp_done and ws_done:
             self._done = True
-            if self._linger_call is not None and self._linger_call.active():
-                self._linger_call.cancel()
+            cancel(self._linger_call)
             self._linger_call = None
             waiters, self._waiters = self._waiters, []
             for d in waiters:
@@ -597,8 +597,7 @@ class WebSocketLeg:
         return super().onCloseFrame(code, reasonRaw)  # type: ignore[misc, no-any-return]
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        if self._leg_drop_call is not None and self._leg_drop_call.active():
-            self._leg_drop_call.cancel()
+        cancel(self._leg_drop_call)
         self._leg_drop_call = None
         bridge = self.bridge if self.bridge is not None else getattr(self.factory, "bridge", None)
         if bridge is not None:

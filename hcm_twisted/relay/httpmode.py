@@ -20,6 +20,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from hcm_twisted.core import messages, urls
 from hcm_twisted.core.errors import MalformedInput
 from hcm_twisted.core.sas import TokenRejected
+from hcm_twisted.core.timers import cancel
 from hcm_twisted.relay.auth import authorize_any, find_token
 
 if TYPE_CHECKING:
@@ -104,8 +105,7 @@ class PendingRequest:
     done: bool = False
 
     def cancel_timer(self) -> None:
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
+        cancel(self.timer)
         self.timer = None
 
 

@@ -51,6 +51,7 @@ from hcm_twisted.core.bridge import set_nodelay
 from hcm_twisted.core.errors import MalformedInput
 from hcm_twisted.core.fast import flush_tls, quiet_autobahn, tune_gc, write_through
 from hcm_twisted.core.sas import TokenRejected
+from hcm_twisted.core.timers import cancel
 from hcm_twisted.relay.auth import LISTEN, SEND, authorize, find_token
 from hcm_twisted.relay.httpmode import HttpMode, make_site
 from hcm_twisted.relay.namespace import Entity, Namespace
@@ -61,6 +62,11 @@ MAX_HEAD = 32 * 1024
 NOT_FOUND = "Endpoint does not exist."
 
 _CLOSE_ALLOWED = {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
+
+
+def forwardable_close(code: int | None) -> bool:
+    """Whether a leg's Close ``code`` may be sent on to the other leg as it is."""
+    return code in _CLOSE_ALLOWED or (code is not None and 3000 <= code <= 4999)
 
 
 def tracking_suffix(namespace: str, path: str) -> str:
@@ -178,8 +184,7 @@ class PendingAccept:
     rendezvous: RelayProtocol | None = None
 
     def cancel_timer(self) -> None:
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
+        cancel(self.timer)
         self.timer = None
 
 
@@ -609,8 +614,7 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
     # -- control channel ----------------------------------------------------
 
     def _schedule_lapse(self) -> None:
-        if self._lapse is not None and self._lapse.active():
-            self._lapse.cancel()
+        cancel(self._lapse)
         self._lapse = None
         if self.token_expiry is None:
             return
@@ -771,8 +775,9 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             self.role == "leg" and peer is not None and self.state == self.STATE_OPEN
             and not self._got_close
         ):
-            fwd_code = code if code in _CLOSE_ALLOWED or (code and 3000 <= code <= 4999) else 1001
-            reason = reasonRaw if code in _CLOSE_ALLOWED or (code and 3000 <= code <= 4999) else None
+            forwardable = forwardable_close(code)
+            fwd_code = code if forwardable else 1001
+            reason = reasonRaw if forwardable else None
             if peer.state == peer.STATE_OPEN:
                 # Half-close: forward the Close, keep the other direction flowing
                 # until the peer answers with its own Close.
@@ -782,15 +787,12 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
                     self.hub.config.half_close_timeout, peer._half_close_expired
                 )
                 return None
-            if peer.state == peer.STATE_CLOSING:
-                # The peer closed first and we were half-closed; this is the answer.
-                pass
         if (
             self.role == "leg" and peer is not None and self.state == self.STATE_CLOSING
             and peer._got_close and peer.state == peer.STATE_OPEN
         ):
             # Our peer half-closed earlier; this Close answers it: finish both.
-            fwd_code = code if code in _CLOSE_ALLOWED or (code and 3000 <= code <= 4999) else 1000
+            fwd_code = code if forwardable_close(code) else 1000
             peer.sendCloseFrame(code=fwd_code, reasonUtf8=reasonRaw if code else None,
                                 isReply=True)
             peer.dropConnection(abort=False)
@@ -833,17 +835,13 @@ class RelayProtocol(WebSocketServerProtocol):  # type: ignore[misc]
             self.hub.connection_gone(self)
 
     def _teardown(self) -> None:
-        if self._abort_timer is not None and self._abort_timer.active():
-            self._abort_timer.cancel()
+        cancel(self._abort_timer)
         self._abort_timer = None
-        if self._lapse is not None and self._lapse.active():
-            self._lapse.cancel()
+        cancel(self._lapse)
         self._lapse = None
-        if self._half_close_timer is not None and self._half_close_timer.active():
-            self._half_close_timer.cancel()
+        cancel(self._half_close_timer)
         self._half_close_timer = None
-        if self._recycle_timer is not None and self._recycle_timer.active():
-            self._recycle_timer.cancel()
+        cancel(self._recycle_timer)
         self._recycle_timer = None
         if self.role == "listen" and self.entity is not None:
             self.hub.remove_listener(self.entity, self)
@@ -972,8 +970,7 @@ class _Sniffer(Protocol):
             self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
+        cancel(self._timer)
         self._timer = None
 
     def dataReceived(self, data: bytes) -> None:
@@ -988,8 +985,7 @@ class _Sniffer(Protocol):
                 self.transport.loseConnection()
                 self._buf = b""
             return
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
+        cancel(self._timer)
         self._timer = None
         if _wants_websocket(self._buf[:end]):
             proto: Any = self._factory.ws_factory.buildProtocol(self._addr)
