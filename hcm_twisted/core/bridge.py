@@ -53,7 +53,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from hcm_twisted.core.fast import flush_tls, mask_payload, write_through
+from hcm_twisted.core.fast import flush_tls, frame_header, mask_payload, write_through
 from hcm_twisted.core.timers import cancel
 
 __all__ = [
@@ -611,21 +611,13 @@ class WebSocketLeg:
         if self.state != _OPEN:
             return False
         ws: Any = self
-        n = len(data)
-        if n <= 125:
-            header = struct.pack("!BB", 0x82, n)
-        elif n <= 0xFFFF:
-            header = struct.pack("!BBH", 0x82, 126, n)
-        else:
-            header = struct.pack("!BBQ", 0x82, 127, n)
         if ws.factory.isServer and not ws.maskServerFrames or (
             not ws.factory.isServer and not ws.maskClientFrames
         ):
-            ws.transport.writeSequence([header, data])
+            ws.transport.write(frame_header(2, True, len(data)) + data)
         else:
             mask = _random_mask()
-            header = bytes([header[0], header[1] | 0x80]) + header[2:] + mask
-            ws.transport.write(header + mask_payload(mask, data))
+            ws.transport.write(frame_header(2, True, len(data), mask) + mask_payload(mask, data))
         return True
 
     def close_leg(self, code: int, reason: str | None) -> None:

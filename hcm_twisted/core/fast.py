@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import gc
+import struct
 import time
 from collections.abc import Callable
 from types import MethodType
@@ -279,6 +280,18 @@ def _nvx() -> tuple[Any, Any] | None:
 
 
 _NVX = _nvx()
+
+
+def frame_header(opcode: int, fin: bool, length: int, mask: bytes = b"") -> bytes:
+    """A WebSocket frame header (RFC 6455 section 5.2); with a 4-byte ``mask`` (client
+    frames) the mask bit is set and the key follows."""
+    b0 = (0x80 if fin else 0) | opcode
+    b1 = 0x80 if mask else 0
+    if length <= 125:
+        return bytes((b0, b1 | length)) + mask
+    if length <= 0xFFFF:
+        return struct.pack("!BBH", b0, b1 | 126, length) + mask
+    return struct.pack("!BBQ", b0, b1 | 127, length) + mask
 
 
 def mask_payload(mask: bytes, data: bytes) -> bytes | bytearray:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import datetime
 import random
-import struct
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -49,7 +48,7 @@ from zope.interface import implementer
 from hcm_twisted.core import messages, urls
 from hcm_twisted.core.bridge import set_nodelay
 from hcm_twisted.core.errors import MalformedInput
-from hcm_twisted.core.fast import flush_tls, quiet_autobahn, tune_gc, write_through
+from hcm_twisted.core.fast import flush_tls, frame_header, quiet_autobahn, tune_gc, write_through
 from hcm_twisted.core.sas import TokenRejected
 from hcm_twisted.core.timers import cancel
 from hcm_twisted.relay.auth import LISTEN, SEND, authorize, find_token
@@ -84,16 +83,6 @@ def clean_reason(text: str, limit: int = 400) -> str:
 def deny(status: int, reason: str, namespace: str = "", path: str = "") -> ConnectionDeny:
     suffix = tracking_suffix(namespace, path) if namespace else ""
     return ConnectionDeny(status, clean_reason(reason) + suffix)
-
-
-def frame_header(opcode: int, fin: bool, length: int) -> bytes:
-    """An unmasked (server-to-client) WebSocket frame header."""
-    b0 = (0x80 if fin else 0) | opcode
-    if length <= 125:
-        return bytes((b0, length))
-    if length <= 0xFFFF:
-        return struct.pack("!BBH", b0, 126, length)
-    return struct.pack("!BBQ", b0, 127, length)
 
 
 def raw_headers(head: bytes) -> list[tuple[str, str]]:

@@ -260,3 +260,19 @@ class MaskPayloadTests(unittest.TestCase):
 
     def test_bad_mask(self) -> None:
         self.assertRaises(ValueError, fast.mask_payload, b"abc", b"data")
+
+
+class FrameHeaderTests(unittest.SynchronousTestCase):
+    def test_masked_header(self) -> None:
+        """A client frame header: mask bit set, the length in the right width, the key last."""
+        mask = b"\x01\x02\x03\x04"
+        for n, width in ((0, 0), (125, 0), (126, 2), (65535, 2), (65536, 8)):
+            header = fast.frame_header(2, True, n, mask)
+            self.assertEqual(header[0], 0x82)
+            self.assertTrue(header[1] & 0x80)
+            self.assertEqual(header[-4:], mask)
+            self.assertEqual(len(header), 2 + width + 4)
+            if width:
+                self.assertEqual(int.from_bytes(header[2:2 + width], "big"), n)
+            else:
+                self.assertEqual(header[1] & 0x7F, n)

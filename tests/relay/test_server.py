@@ -8,6 +8,7 @@ from urllib.parse import quote
 
 from twisted.internet.address import IPv4Address
 
+from hcm_twisted.core import fast
 from hcm_twisted.relay import server
 from tests.relay.common import (
     Conn,
@@ -400,7 +401,7 @@ class SnifferTests(RelayUnitTest):
 class HelperTests(RelayUnitTest):
     def test_frame_header_sizes(self) -> None:
         for n in (0, 125, 126, 65535, 65536):
-            (fin, op, payload), = parse_frames(server.frame_header(2, True, n) + b"x" * n)
+            (fin, op, payload), = parse_frames(fast.frame_header(2, True, n) + b"x" * n)
             self.assertEqual((fin, op, len(payload)), (True, 2, n))
 
     def test_host_for_url(self) -> None:
