@@ -44,7 +44,7 @@ from hcm_twisted.agent.listener import (
 from hcm_twisted.agent.rendezvous import Acceptor, TcpEndpointMaker
 from hcm_twisted.core import logging as hcm_logging
 from hcm_twisted.core.errors import MalformedInput
-from hcm_twisted.core.fast import quiet_autobahn, tune_gc
+from hcm_twisted.core.fast import startup_done
 
 EXIT_GRACE = 1.0  # seconds to close channels after the master went away
 STATUS_LIMIT = 60_000  # bytes of status JSON (an AMP value holds at most 65535)
@@ -268,11 +268,6 @@ def main() -> None:
     txaio.set_global_log_level("info")  # type: ignore[attr-defined]
     log = Logger(namespace="hcm_twisted.agent.worker")
 
-    from autobahn.websocket import USES_NVX
-
-    if not USES_NVX:
-        log.warn("autobahn runs without its native (NVX) WebSocket masking: expect lower throughput")
-
     worker = Worker(reactor)
     exiting: list[bool] = []
 
@@ -302,8 +297,7 @@ def main() -> None:
     stdio.StandardIO(protocol, stdin=3, stdout=4, reactor=reactor)  # type: ignore[call-arg]
     log.info("hcm worker ready (pid {pid})", pid=os.getpid())
     # Start-up is over: no per-connection pformat in autobahn, calmer cyclic GC.
-    quiet_autobahn()
-    tune_gc()
+    startup_done(log)
     # Twisted installs its own SIGINT handler when it starts: ignore SIGINT again after that.
     reactor.callWhenRunning(signal.signal, signal.SIGINT, signal.SIG_IGN)
     reactor.run()

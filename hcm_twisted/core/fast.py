@@ -156,6 +156,18 @@ def tune_gc(threshold0: int = 10_000) -> None:
     gc.set_threshold(max(threshold0, gc.get_threshold()[0]), t1, t2)
 
 
+def startup_done(log: Any) -> None:
+    """What every program does once start-up is over: warn when autobahn runs without its
+    native (NVX) masking, make its per-connection ``pformat`` lazy, calm the cyclic GC."""
+    from autobahn.websocket import USES_NVX
+
+    if not USES_NVX:
+        log.warn("autobahn runs without its native (NVX) WebSocket masking: expect lower "
+                 "throughput; install autobahn with its C extensions for full speed")
+    quiet_autobahn()
+    tune_gc()
+
+
 class AddressCache:
     """``(host, port)`` -> the IP address that last connected, for ``ttl`` seconds."""
 

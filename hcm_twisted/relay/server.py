@@ -48,7 +48,7 @@ from zope.interface import implementer
 from hcm_twisted.core import messages, urls
 from hcm_twisted.core.bridge import set_nodelay
 from hcm_twisted.core.errors import MalformedInput
-from hcm_twisted.core.fast import flush_tls, frame_header, quiet_autobahn, tune_gc, write_through
+from hcm_twisted.core.fast import flush_tls, frame_header, startup_done, write_through
 from hcm_twisted.core.sas import TokenRejected
 from hcm_twisted.core.timers import cancel
 from hcm_twisted.relay.auth import LISTEN, SEND, authorize, find_token
@@ -994,6 +994,7 @@ class SniffingFactory(Factory):
     """The listening port's factory: WebSocket or HTTP per connection."""
 
     noisy = False
+    _log = Logger()
 
     def __init__(
         self, ws_factory: RelayServerFactory, site: Site, reactor: IReactorTime,
@@ -1009,9 +1010,7 @@ class SniffingFactory(Factory):
 
     def doStart(self) -> None:
         super().doStart()
-        # Start-up is over: no per-connection pformat in autobahn, calmer cyclic GC.
-        quiet_autobahn()
-        tune_gc()
+        startup_done(self._log)
         self.ws_factory.doStart()
         self.site.doStart()
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import signal
 from typing import Any
 
-from autobahn import websocket as _autobahn_websocket
 from twisted.application import service
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, endpoints
@@ -150,8 +149,6 @@ class RelayService(service.MultiService):
             self._old_hup = signal.signal(signal.SIGHUP, self._on_sighup)
         except ValueError:  # not the main thread (tests)
             self._old_usr1 = self._old_hup = None
-        if not _autobahn_websocket.USES_NVX:
-            _log.warn("autobahn NVX acceleration is not in use: WebSocket masking will be slow")
         if self.ca_path:
             _log.info("hcm-relay private CA: {path}", path=self.ca_path)
         super().startService()

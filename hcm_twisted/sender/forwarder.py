@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from hcm_twisted.core import proxy, tls, urls
 from hcm_twisted.core.bridge import Bridge, BridgeClientFactory, TcpLeg
 from hcm_twisted.core.errors import MalformedInput
-from hcm_twisted.core.fast import AddressCache, cached_tcp_endpoint, quiet_autobahn, tune_gc
+from hcm_twisted.core.fast import AddressCache, cached_tcp_endpoint, startup_done
 from hcm_twisted.sender.config import SenderConfig, SenderHc, listen_description
 
 USER_AGENT = "hcm-twisted-sender"
@@ -245,18 +245,9 @@ class SenderService(service.Service):
     def startService(self) -> None:
         super().startService()
         self._stopping = False
-        from autobahn.websocket import USES_NVX
-
-        if not USES_NVX:
-            self._log.warn(
-                "autobahn runs without its native extension (NVX): WebSocket masking is "
-                "slow; install autobahn with its C extensions for full speed"
-            )
         for hc in self.config.hybrid_connections:
             self._start(hc)
-        # Start-up is over: no per-connection pformat in autobahn, calmer cyclic GC.
-        quiet_autobahn()
-        tune_gc()
+        startup_done(self._log)
 
     def _start(self, hc: SenderHc) -> None:
         self._retries.pop(hc.name, None)
