@@ -116,19 +116,12 @@ class _Quiet(server.Site):
 
 
 def make_site(supervisor: Any) -> server.Site:
+    from hcm_twisted.agent.statuspage import StatusPage
+    from hcm_twisted.core.metrics import MetricsResource
+
     root = resource.Resource()
-    try:
-        from hcm_twisted.agent.statuspage import StatusPage
-    except ImportError:  # pragma: no cover (the HTML page is optional)
-        pass
-    else:
-        root.putChild(b"", StatusPage(supervisor.status))
-    try:
-        from hcm_twisted.core.metrics import MetricsResource
-    except ImportError:  # pragma: no cover (prometheus-client missing)
-        pass
-    else:
-        root.putChild(b"metrics", MetricsResource(supervisor.status))
+    root.putChild(b"", StatusPage(supervisor.status))
+    root.putChild(b"metrics", MetricsResource(supervisor.status))
     root.putChild(b"status", StatusResource(supervisor))
     root.putChild(b"reload", ReloadResource(supervisor))
     site = _Quiet(root)

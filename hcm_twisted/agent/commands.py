@@ -33,6 +33,14 @@ from typing import Any
 
 from twisted.protocols import amp
 
+#: Bytes of JSON in one AMP value (AMP's cap is 65535; the rest is headroom).
+AMP_VALUE_LIMIT = 60_000
+
+
+def json_size(obj: Any) -> int:
+    """How many bytes ``obj`` takes as a :class:`JSONArgument`."""
+    return len(JSONArgument().toString(obj))
+
 
 class JSONArgument(amp.Argument):
     """Any JSON value, as UTF-8 text (AMP values are capped at 64 kB; big sets are chunked by callers)."""

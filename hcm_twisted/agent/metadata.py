@@ -65,11 +65,9 @@ def make_agent(reactor: Any, ca_paths: Iterable[str] = (), proxy_url: str | None
     Requests go through the configured HTTP CONNECT proxy (``None``: the
     environment's ``https_proxy``/``no_proxy`` decide), like the workers' channels.
     """
+    from hcm_twisted.core.proxy import AgentEndpointFactory
+
     policy = VerifyingPolicy(tuple(tls.load_ca_certificates(list(ca_paths))))
-    try:
-        from hcm_twisted.core.proxy import AgentEndpointFactory
-    except ImportError:  # pragma: no cover (core.proxy is optional)
-        return Agent(reactor, contextFactory=policy, connectTimeout=REQUEST_TIMEOUT)
     factory = AgentEndpointFactory(
         reactor, lambda host: policy.creatorForNetloc(host.encode("idna"), 443),
         configured=proxy_url, no_proxy=no_proxy, timeout=REQUEST_TIMEOUT,

@@ -64,7 +64,6 @@ AMP_TIMEOUT = 10.0
 TERM_GRACE = 5.0  # SIGTERM -> SIGKILL
 DRAIN_SLACK = 5.0  # extra time given to a Drain answer
 MAX_LINE = 16 * 1024
-AMP_VALUE_LIMIT = 60_000  # bytes of JSON per AMP value (AMP's cap is 65535)
 
 WORKER_MODULE = "hcm_twisted.agent.worker"
 
@@ -291,12 +290,12 @@ class _Slot:
         self.restart_call = None
 
 
-def chunk_items(items: list[dict[str, Any]], limit: int = AMP_VALUE_LIMIT) -> list[list[dict[str, Any]]]:
+def chunk_items(items: list[dict[str, Any]], limit: int = commands.AMP_VALUE_LIMIT) -> list[list[dict[str, Any]]]:
     """Split ``items`` into lists whose JSON fits in one AMP value (at least one list)."""
     chunks: list[list[dict[str, Any]]] = [[]]
     size = 2
     for item in items:
-        item_size = len(json.dumps(item, separators=(",", ":")).encode("utf-8")) + 1
+        item_size = commands.json_size(item) + 1
         if chunks[-1] and size + item_size > limit:
             chunks.append([])
             size = 2
@@ -669,9 +668,7 @@ class Supervisor(service.Service):
                 continue
             for slot, answer in zip(slots, answers, strict=True):
                 obj["workers"].append(self._worker_entry(slot, answer, hc.name))
-            obj["connected"] = any(
-                w.get("state") == "connected" or w.get("connected") is True for w in obj["workers"]
-            )
+            obj["connected"] = any(w["connected"] for w in obj["workers"])
             out.append(obj)
         return out
 
@@ -695,10 +692,10 @@ class Supervisor(service.Service):
             item = hcs.get(name) if isinstance(hcs, dict) else None
             if isinstance(item, dict):
                 for key, value in item.items():
-                    if "token" in key.lower() and key.lower() not in ("token_expiry", "token_expires"):
+                    if "token" in key.lower() and key.lower() != "token_expiry":
                         continue  # never show a token, even if a worker reports one
                     entry[key] = value
-                entry["connected"] = item.get("state") == "connected" or item.get("connected") is True
+                entry["connected"] = item.get("state") == "connected"
             else:
                 entry["state"] = "not listening"
             if isinstance(answer.get("pid"), int):

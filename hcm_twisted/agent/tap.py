@@ -138,8 +138,6 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:  # n
     loaded = options.get("loaded") or config.load(options["config"])
     supervisor = Supervisor(loaded, reactor)
     agent = AgentService(supervisor, loaded.admin, reactor)
-    try:
-        from hcm_twisted.core import logging as hcm_logging
-    except ImportError:  # pragma: no cover (core.logging is optional)
-        return agent
+    from hcm_twisted.core import logging as hcm_logging
+
     return hcm_logging.configure(options, agent, loaded.log_format, loaded.log_level)

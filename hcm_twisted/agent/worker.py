@@ -13,7 +13,6 @@ master is gone) the worker exits within two seconds.  Logs go to stderr.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import signal
 import sys
@@ -28,11 +27,13 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from hcm_twisted.agent.commands import (
+    AMP_VALUE_LIMIT,
     Drain,
     GetStatus,
     SetHybridConnections,
     StageHybridConnections,
     UpdateToken,
+    json_size,
 )
 from hcm_twisted.agent.listener import (
     EndpointMaker,
@@ -47,11 +48,6 @@ from hcm_twisted.core.errors import MalformedInput
 from hcm_twisted.core.fast import startup_done
 
 EXIT_GRACE = 1.0  # seconds to close channels after the master went away
-STATUS_LIMIT = 60_000  # bytes of status JSON (an AMP value holds at most 65535)
-
-
-def _json_size(obj: Any) -> int:
-    return len(json.dumps(obj, separators=(",", ":")).encode("utf-8"))
 
 
 @attrs.define(eq=False)
@@ -135,7 +131,7 @@ class Worker:
             return
         hc.listener.renew(token)
 
-    def status(self, limit: int = STATUS_LIMIT) -> dict[str, Any]:
+    def status(self, limit: int = AMP_VALUE_LIMIT) -> dict[str, Any]:
         """``{"pid", "hcs": {name: {...}}}``, kept under ``limit`` bytes of JSON.
 
         AMP values are capped at 64 kB.  With very many HCs, error texts are
@@ -148,18 +144,18 @@ class Worker:
             entry.update(hc.acceptor.counters())
             hcs[name] = entry
         result: dict[str, Any] = {"pid": self.pid, "hcs": hcs}
-        if _json_size(result) <= limit:
+        if json_size(result) <= limit:
             return result
         for entry in hcs.values():
             if entry.get("last_error") and len(entry["last_error"]) > 60:
                 entry["last_error"] = entry["last_error"][:57] + "..."
-        size = _json_size(result)
+        size = json_size(result)
         if size <= limit:
             return result
         kept: dict[str, Any] = {}
-        size = _json_size({"pid": self.pid, "hcs": {}, "truncated": True})
+        size = json_size({"pid": self.pid, "hcs": {}, "truncated": True})
         for name, entry in hcs.items():
-            item = _json_size({name: entry}) - 1
+            item = json_size({name: entry}) - 1
             if size + item > limit:
                 break
             kept[name] = entry

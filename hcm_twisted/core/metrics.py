@@ -178,7 +178,7 @@ class _AgentCollector:
                 wl = _worker_label(w)
                 labels = [name, wl]
                 st = str(w.get("state") or "unknown")
-                live = w.get("connected") is True or st == "connected"
+                live = w.get("connected") is True
                 up.add_metric(labels, 1.0 if live else 0.0)
                 state.add_metric([name, wl, st], 1.0)
                 value = _number(w.get("open"))
