@@ -126,19 +126,26 @@ def _admin_endpoint(path: Path) -> str:
     return config.parse_document(config.read_document(path, missing_ok=True), path).admin
 
 
-def _reload(path: Path) -> tuple[bool, str]:
+def _post_reload(path: Path, context: str) -> Any:
+    """``POST /reload`` to the agent of ``path``; its answer.  :class:`admin.AgentNotRunning`
+    when no agent answers; :class:`CommandError` (``context`` first) for the rest."""
     endpoint = config.load(path).admin
     try:
         status, body = admin.request(endpoint, "POST", "/reload")
-    except admin.AgentNotRunning:
-        return False, "no agent is running; the change applies when it starts"
     except admin.AdminError as e:
-        raise CommandError(f"saved {path}, but could not tell the agent to reload: {e}") from None
+        raise CommandError(f"{context}could not ask the agent to reload: {e}") from None
     if status != 200:
         detail = body.get("error") if isinstance(body, dict) else None
-        raise CommandError(
-            f"saved {path}, but the agent refused to reload: {detail or f'HTTP {status}'}"
-        )
+        raise CommandError(f"{context}the agent refused to reload: {detail or f'HTTP {status}'}")
+    return body
+
+
+def _reload(path: Path) -> tuple[bool, str]:
+    """After a config change: reload a running agent, if there is one."""
+    try:
+        _post_reload(path, f"saved {path}, but ")
+    except admin.AgentNotRunning:
+        return False, "no agent is running; the change applies when it starts"
     return True, "the running agent reloaded its config"
 
 
@@ -218,10 +225,7 @@ def _cmd_add(args: argparse.Namespace) -> int:
                     f" (missing: {' '.join(missing)})"
                 )
             key = _read_stdin("key") if args.key == "-" else args.key
-            cs = connstr.parse(
-                f"Endpoint=sb://{_namespace_host(args.namespace)}/;"
-                f"SharedAccessKeyName={args.key_name};SharedAccessKey={key};EntityPath={args.name}"
-            )
+            cs = connstr.build(_namespace_host(args.namespace), args.name, args.key_name, key)
         hc = config.make_hybrid_connection(cs, name=args.name, endpoint=args.endpoint)
     except MalformedInput as e:
         raise UsageError(str(e)) from None
@@ -254,16 +258,10 @@ def _cmd_remove(args: argparse.Namespace) -> int:
 
 def _cmd_reload(args: argparse.Namespace) -> int:
     path = _config_path(args)
-    endpoint = config.load(path).admin
     try:
-        status, body = admin.request(endpoint, "POST", "/reload")
-    except admin.AgentNotRunning:
-        raise CommandError(f"no agent is running (nothing answers on {endpoint})") from None
-    except admin.AdminError as e:
-        raise CommandError(f"could not ask the agent to reload: {e}") from None
-    if status != 200:
-        detail = body.get("error") if isinstance(body, dict) else None
-        raise CommandError(f"the agent refused to reload: {detail or f'HTTP {status}'}")
+        body = _post_reload(path, "")
+    except admin.AgentNotRunning as e:
+        raise CommandError(f"no agent is running ({e})") from None
     _out(args, body, "the running agent reloaded its config")
     return 0
 

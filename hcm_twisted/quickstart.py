@@ -32,6 +32,8 @@ from typing import Any, TextIO
 
 import tomli_w
 
+from hcm_twisted.core import connstr
+
 HC_NAME = "quickstart"
 
 
@@ -168,7 +170,6 @@ def write_configs(directory: Path, relay_port: int, sender_port: int, echo_port:
         }],
     }
     ca = str(directory / "relay-ca.pem")
-    endpoint = f"sb://localhost:{relay_port}/"
     agent = {
         "agent": {
             "workers": workers,
@@ -177,8 +178,8 @@ def write_configs(directory: Path, relay_port: int, sender_port: int, echo_port:
         },
         "hybrid-connection": [{
             "name": HC_NAME,
-            "connection-string": f"Endpoint={endpoint};SharedAccessKeyName=defaultListener;"
-                                 f"SharedAccessKey={listen_key};EntityPath={HC_NAME}",
+            "connection-string": connstr.build(
+                "localhost", HC_NAME, "defaultListener", listen_key, relay_port).render(),
             "endpoint": f"127.0.0.1:{echo_port}",
         }],
     }
@@ -186,8 +187,8 @@ def write_configs(directory: Path, relay_port: int, sender_port: int, echo_port:
         "ca-certificates": ca,
         "hybrid-connection": [{
             "name": HC_NAME,
-            "connection-string": f"Endpoint={endpoint};SharedAccessKeyName=defaultSender;"
-                                 f"SharedAccessKey={send_key};EntityPath={HC_NAME}",
+            "connection-string": connstr.build(
+                "localhost", HC_NAME, "defaultSender", send_key, relay_port).render(),
             "listen": f"tcp:{sender_port}:interface=127.0.0.1",
         }],
     }
