@@ -42,7 +42,6 @@ from autobahn.websocket.types import ConnectionResponse
 from OpenSSL import SSL
 from twisted.application.internet import ClientService
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IAddress,
@@ -56,11 +55,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from hcm_twisted.core import messages, proxy, sas, tls, urls
-from hcm_twisted.core.bridge import refused_status
+from hcm_twisted.core import messages, proxy, sas, urls
+from hcm_twisted.core.bridge import refused_status, set_nodelay
 from hcm_twisted.core.configfile import parse_host_port
 from hcm_twisted.core.errors import MalformedInput
-from hcm_twisted.core.fast import AddressCache, cached_tcp_endpoint
+from hcm_twisted.core.relayconn import EndpointMaker, TlsOptionsCache, default_endpoint_maker
 
 BACKOFF: tuple[float, ...] = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0)
 NOT_FOUND_RETRY = 60.0
@@ -76,7 +75,6 @@ FAILED = "failed"
 STOPPED = "stopped"
 
 # Makes a client endpoint for (host, port, secure, timeout).
-EndpointMaker = Callable[[str, int, bool, float], IStreamClientEndpoint]
 
 
 @attrs.frozen(repr=False)
@@ -172,63 +170,6 @@ class ListenRefused(Exception):
         self.tls = tls  # TLS failed (an untrusted certificate, a wrong host name)
 
 
-@attrs.define(eq=False)
-class TlsOptionsCache:
-    """TLS client options per host name (one OpenSSL context each), with the configured anchors.
-
-    It also carries the egress proxy settings of its Hybrid Connection.
-    """
-
-    ca_paths: tuple[str, ...]
-    proxy: str | None = None
-    no_proxy: str | None = None
-    _anchors: list[Any] | None = None
-    _by_host: dict[tuple[str, int | None], Any] = attrs.field(factory=dict)
-
-    def reset(self, ca_paths: tuple[str, ...]) -> None:
-        """Use other trust anchors from now on."""
-        self.ca_paths = ca_paths
-        self._anchors = None
-        self._by_host.clear()
-
-    def options_for(self, host: str, port: int | None = None) -> Any:
-        """Verifying TLS options for ``host`` that resume their last session (per host, port)."""
-        key = (host, port)
-        if key not in self._by_host:
-            if self._anchors is None:
-                self._anchors = tls.load_ca_certificates(list(self.ca_paths))
-            self._by_host[key] = tls.client_options(host, self._anchors or None, resumable=True)
-        return self._by_host[key]
-
-
-def default_endpoint_maker(reactor: Any, tls_cache: TlsOptionsCache) -> EndpointMaker:
-    """HostnameEndpoint (with a timeout; through a proxy if one applies), in verified TLS when ``secure``."""
-
-    addresses = AddressCache()
-
-    def make(host: str, port: int, secure: bool, timeout: float) -> IStreamClientEndpoint:
-        via = proxy.resolve_proxy(host, port, tls_cache.proxy, tls_cache.no_proxy)
-        if via is None:
-            # The relay's address is remembered for a while: no thread-pool lookup and
-            # no address race per rendezvous (TLS still checks the host name).
-            endpoint = cached_tcp_endpoint(reactor, addresses, host, port, timeout)
-        else:
-            endpoint = proxy.endpoint_for(reactor, host, port, via, timeout)
-        if secure:
-            endpoint = wrapClientTLS(tls_cache.options_for(host, port), endpoint)
-        return endpoint
-
-    return make
-
-
-def set_no_delay(transport: Any) -> None:
-    """``setTcpNoDelay(True)`` on a transport (through TLS wrappers), if it is TCP."""
-    try:
-        transport.setTcpNoDelay(True)
-    except Exception:  # Not TCP (a test transport or a UNIX socket).
-        pass
-
-
 class ControlProtocol(WebSocketClientProtocol):
     """The control channel's WebSocket; passes everything to its :class:`Listener`."""
 
@@ -237,7 +178,7 @@ class ControlProtocol(WebSocketClientProtocol):
     _lost: Failure | None = None
 
     def connectionMade(self) -> None:
-        set_no_delay(self.transport)
+        set_nodelay(self.transport)
         super().connectionMade()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:

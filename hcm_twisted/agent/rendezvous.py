@@ -32,7 +32,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from hcm_twisted.agent.listener import EndpointMaker, HcSpec, not_implemented, parse_host_port
+from hcm_twisted.agent.listener import HcSpec, not_implemented
 from hcm_twisted.core import messages, urls
 from hcm_twisted.core.bridge import (
     Bridge,
@@ -41,8 +41,10 @@ from hcm_twisted.core.bridge import (
     WebSocketClientLeg,
     refused_status,
 )
+from hcm_twisted.core.configfile import parse_host_port
 from hcm_twisted.core.errors import MalformedInput
 from hcm_twisted.core.fast import cached_tcp_endpoint
+from hcm_twisted.core.relayconn import EndpointMaker
 from hcm_twisted.core.timers import cancel
 
 #: How long the rendezvous WebSocket may take to open ([NET] gives it 20 s).

@@ -35,17 +35,12 @@ from hcm_twisted.agent.commands import (
     UpdateToken,
     json_size,
 )
-from hcm_twisted.agent.listener import (
-    EndpointMaker,
-    HcSpec,
-    Listener,
-    TlsOptionsCache,
-    default_endpoint_maker,
-)
+from hcm_twisted.agent.listener import HcSpec, Listener
 from hcm_twisted.agent.rendezvous import Acceptor, TcpEndpointMaker
 from hcm_twisted.core import logging as hcm_logging
 from hcm_twisted.core.errors import MalformedInput
 from hcm_twisted.core.fast import startup_done
+from hcm_twisted.core.relayconn import EndpointMaker, TlsOptionsCache, default_endpoint_maker
 
 EXIT_GRACE = 1.0  # seconds to close channels after the master went away
 

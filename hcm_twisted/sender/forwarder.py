@@ -20,16 +20,17 @@ from typing import Any
 import attrs
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString, wrapClientTLS
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from hcm_twisted.core import proxy, tls, urls
+from hcm_twisted.core import urls
 from hcm_twisted.core.bridge import Bridge, BridgeClientFactory, TcpLeg
 from hcm_twisted.core.errors import MalformedInput
-from hcm_twisted.core.fast import AddressCache, cached_tcp_endpoint, startup_done
+from hcm_twisted.core.fast import startup_done
+from hcm_twisted.core.relayconn import TlsOptionsCache, default_endpoint_maker
 from hcm_twisted.sender.config import SenderConfig, SenderHc, listen_description
 
 USER_AGENT = "hcm-twisted-sender"
@@ -82,20 +83,18 @@ class Forwarder(Factory):
     ) -> None:
         self.hc = hc
         self.ping_interval = ping_interval
-        self._proxy = proxy
-        self._no_proxy = no_proxy
         self._reactor = reactor
         self.token_lifetime = token_lifetime
         self.connect_timeout = connect_timeout
         self.linger = linger
         self.stats = HcStats()
         self.bridges: set[Bridge] = set()
+        # Verified TLS that resumes sessions, the relay's address remembered for a while,
+        # the egress proxy: as the agent's connections to the relay.
+        tls_options = TlsOptionsCache(ca_certificates, proxy, no_proxy)
         cs = hc.connection_string
-        self._tls = tls.client_options(
-            cs.host, tls.load_ca_certificates(list(ca_certificates)), resumable=True
-        )
-        #: The relay's address, remembered for a while (no resolver round trip per connection).
-        self.addresses = AddressCache()
+        tls_options.options_for(cs.host, cs.port)  # a bad CA file fails here, at start-up
+        self._connect = default_endpoint_maker(reactor, tls_options)
 
     # -- accepting -----------------------------------------------------------
 
@@ -134,14 +133,7 @@ class Forwarder(Factory):
 
     def relay_endpoint(self) -> IStreamClientEndpoint:
         cs = self.hc.connection_string
-        via = proxy.resolve_proxy(cs.host, cs.port, self._proxy, self._no_proxy)
-        if via is None:
-            tcp = cached_tcp_endpoint(
-                self._reactor, self.addresses, cs.host, cs.port, self.connect_timeout
-            )
-        else:
-            tcp = proxy.endpoint_for(self._reactor, cs.host, cs.port, via, self.connect_timeout)
-        return wrapClientTLS(self._tls, tcp)
+        return self._connect(cs.host, cs.port, True, self.connect_timeout)
 
     def _connect_failed(self, failure: Failure, bridge: Bridge) -> None:
         bridge.fail(f"cannot reach the relay: {failure.getErrorMessage()}")
