@@ -171,14 +171,7 @@ def _parse_hc(item: Any, label: str, where: str = "") -> HybridConnectionConfig:
     for key in item:
         if key not in _HC_KEYS:
             raise MalformedInput(_join(label, f"unknown key {key!r}"))
-    text = item.get("connection-string")
-    if not isinstance(text, str) or not text.strip():
-        raise MalformedInput(_join(label, "connection-string: missing or not text"))
-    try:
-        cs = connstr.parse(text)
-    except MalformedInput as e:
-        detail = str(e).removeprefix("connection string: ")
-        raise MalformedInput(_join(label, f"connection-string: {detail}")) from None
+    name, cs = configfile.hc_connection(item, label)
     if cs.key is None and cs.sas is None:
         raise MalformedInput(
             _join(
@@ -187,19 +180,8 @@ def _parse_hc(item: Any, label: str, where: str = "") -> HybridConnectionConfig:
                 " or SharedAccessSignature",
             )
         )
-    name = item.get("name", cs.entity_path)
-    if name is None:
-        raise MalformedInput(
-            _join(label, "name: missing (and the connection string has no EntityPath)")
-        )
-    if not isinstance(name, str) or not configfile.HC_NAME.match(name):
-        raise MalformedInput(
-            _join(label, f"name: {name!r} is not a valid name (letters, digits, '.', '_', '-', '/')")
-        )
     if where:
         label = f"{where}: [[hybrid-connection]] {name!r}"
-    if cs.entity_path is None:
-        cs = cs.with_entity(name)
     endpoint = item.get("endpoint")
     if endpoint is not None:
         try:

@@ -9,6 +9,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from hcm_twisted.core import connstr
+from hcm_twisted.core.connstr import ConnectionString
 from hcm_twisted.core.errors import MalformedInput
 
 
@@ -117,3 +119,27 @@ def log_settings(table: Any, where: str) -> tuple[str, str]:
                              f"{', '.join(hcm_logging.LOG_FORMATS)}")
     hcm_logging.check_format(fmt, f"{where} log-format")
     return fmt, hcm_logging.parse_level(level, f"{where} log-level").name
+
+
+def hc_connection(item: Any, label: str) -> tuple[str, ConnectionString]:
+    """A ``[[hybrid-connection]]`` table's name and connection string (``connection-string``
+    required; the name defaults to its EntityPath, which defaults to the name)."""
+
+    def bad(text: str) -> MalformedInput:
+        return MalformedInput(f"{label}: {text}" if label else text)
+
+    text = item.get("connection-string")
+    if not isinstance(text, str) or not text.strip():
+        raise bad("connection-string: missing or not text")
+    try:
+        cs = connstr.parse(text)
+    except MalformedInput as e:
+        raise bad(f"connection-string: {str(e).removeprefix('connection string: ')}") from None
+    name = item.get("name", cs.entity_path)
+    if name is None:
+        raise bad("name: missing (and the connection string has no EntityPath)")
+    if not isinstance(name, str) or not HC_NAME.match(name):
+        raise bad(f"name: {name!r} is not a valid name (letters, digits, '.', '_', '-', '/')")
+    if cs.entity_path is None:
+        cs = cs.with_entity(name)
+    return name, cs

@@ -40,7 +40,7 @@ from typing import Any
 
 import attrs
 
-from hcm_twisted.core import configfile, connstr
+from hcm_twisted.core import configfile
 from hcm_twisted.core.connstr import ConnectionString
 from hcm_twisted.core.errors import MalformedInput
 
@@ -132,18 +132,7 @@ def parse(doc: dict[str, Any], path: Path) -> SenderConfig:
         unknown = set(h) - _HC_KEYS
         if unknown:
             raise MalformedInput(f"{w}: unknown key {sorted(unknown)[0]!r}")
-        text = h.get("connection-string")
-        if not isinstance(text, str) or not text:
-            raise MalformedInput(f"{w}: connection-string: missing")
-        try:
-            cs = connstr.parse(text)
-        except MalformedInput as e:
-            raise MalformedInput(f"{w}: {e}") from None
-        name = h.get("name", cs.entity_path)
-        if not isinstance(name, str) or not configfile.HC_NAME.match(name):
-            raise MalformedInput(f"{w}: name: missing or not a valid name")
-        if cs.entity_path is None:
-            cs = cs.with_entity(name)
+        name, cs = configfile.hc_connection(h, w)
         if name in names:
             raise MalformedInput(f"{w}: name: {name!r} is configured twice")
         names.add(name)
