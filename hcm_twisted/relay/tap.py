@@ -77,11 +77,9 @@ class RelayService(service.MultiService):
             reactor = _reactor
         self.reactor = reactor
         self._old_usr1: Any = None
-        self.relay_config = config
-        self.namespace = Namespace.open(config)
         from hcm_twisted.relay.server import build
 
-        self.hub, self.factory = build(self.namespace, reactor)
+        self.hub, self.factory = build(Namespace.open(config), reactor)
         desc, self.ca_path = endpoint_description(config)
         self._endpoint = endpoints.serverFromString(reactor, desc)
         # TLS session tickets (keys in memory, per process): returning clients resume
@@ -123,12 +121,10 @@ class RelayService(service.MultiService):
             _log.error("reload of {path} failed, keeping the running config: {error}",
                        path=self.config_path, error=str(e))
             return False
-        old = self.relay_config
+        old = self.hub.config
         if (config.endpoint, config.metrics) != (old.endpoint, old.metrics):
             _log.warn("reload: 'endpoint' and 'metrics' changes take effect after a restart")
         changes = self.hub.apply_namespace(namespace)
-        self.namespace = namespace
-        self.relay_config = config
         _log.info(
             "reloaded {path}: {n} hybrid connection(s) (added: {added}; removed: {removed})",
             path=self.config_path, n=len(config.hybrid_connections),
@@ -165,7 +161,7 @@ class RelayService(service.MultiService):
             signal.signal(signal.SIGHUP, self._old_hup)
             self._old_hup = None
         d = defer.maybeDeferred(super().stopService)
-        d.addBoth(lambda _: self.hub.shutdown(self.relay_config.close_timeout))
+        d.addBoth(lambda _: self.hub.shutdown(self.hub.config.close_timeout))
         return d
 
     def _listening(self, port: IListeningPort) -> IListeningPort:
@@ -173,7 +169,7 @@ class RelayService(service.MultiService):
         _log.info(
             "hcm-relay listening on {host}:{port} (namespace {ns}, {n} hybrid connections)",
             host=getattr(host, "host", "?"), port=getattr(host, "port", "?"),
-            ns=self.relay_config.namespace, n=len(self.relay_config.hybrid_connections),
+            ns=self.hub.config.namespace, n=len(self.hub.config.hybrid_connections),
         )
         return port
 
